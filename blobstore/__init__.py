@@ -1,0 +1,43 @@
+"""Content addressing and durable blob backends.
+
+Public interface: the ``Digest`` type, one-pass hashing, the ``BlobBackend`` protocol with its
+records and errors, and the backends that implement it.
+"""
+
+from .backend import (
+    DEFAULT_CONTENT_TYPE,
+    NOTHING_EXPECTED,
+    BlobBackend,
+    BlobInfo,
+    BlobNotFound,
+    BlobStoreError,
+    BlobTooLarge,
+    DigestMismatch,
+    Expectation,
+    PutResult,
+    StorageFull,
+)
+from .digest import Digest, DigestError, is_sha256_hex
+from .disk import DiskBackend
+from .hashing import Hashes, StreamHasher, hash_bytes
+
+__all__ = [
+    "DEFAULT_CONTENT_TYPE",
+    "NOTHING_EXPECTED",
+    "BlobBackend",
+    "BlobInfo",
+    "BlobNotFound",
+    "BlobStoreError",
+    "BlobTooLarge",
+    "Digest",
+    "DigestError",
+    "DigestMismatch",
+    "DiskBackend",
+    "Expectation",
+    "Hashes",
+    "PutResult",
+    "StorageFull",
+    "StreamHasher",
+    "hash_bytes",
+    "is_sha256_hex",
+]

@@ -1,0 +1,50 @@
+"""One pass over the bytes computes both addresses: BLAKE3 (ours) and SHA-256 (Godot's)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import blake3
+
+from .digest import Digest
+
+
+@dataclass(frozen=True, slots=True)
+class Hashes:
+    blake3: Digest
+    sha256: bytes
+    size: int
+
+
+class StreamHasher:
+    """Feeds every chunk to both hash functions.
+
+    Both implementations release the GIL on large buffers, so callers hash big chunks in a
+    worker thread (see ``DiskBackend.put``) and the event loop keeps receiving meanwhile.
+    """
+
+    __slots__ = ("_b3", "_sha", "_size")
+
+    def __init__(self) -> None:
+        self._b3 = blake3.blake3()
+        self._sha = hashlib.sha256()
+        self._size = 0
+
+    def update(self, chunk: bytes | bytearray | memoryview) -> None:
+        self._b3.update(chunk)
+        self._sha.update(chunk)
+        self._size += len(chunk)
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def result(self) -> Hashes:
+        return Hashes(Digest(self._b3.hexdigest()), self._sha.digest(), self._size)
+
+
+def hash_bytes(data: bytes) -> Hashes:
+    hasher = StreamHasher()
+    hasher.update(data)
+    return hasher.result()

@@ -1,0 +1,14 @@
+"""Typed keys for what the app factory puts in ``web.Application`` state."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from blobstore import BlobBackend
+
+from .config import Config
+from .tokens import TokenStore
+
+CONFIG = web.AppKey("config", Config)
+STORE = web.AppKey("store", BlobBackend)
+TOKENS = web.AppKey("tokens", TokenStore)

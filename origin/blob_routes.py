@@ -1,0 +1,327 @@
+"""The blob rows of the HTTP contract: PUT, POST, GET/HEAD, the SHA-256 alias and ``missing``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import IO, Any
+
+from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+
+from blobstore import (
+    BlobInfo,
+    BlobNotFound,
+    BlobTooLarge,
+    Digest,
+    DigestError,
+    DigestMismatch,
+    Expectation,
+    PutResult,
+    StorageFull,
+    is_sha256_hex,
+)
+
+from . import problems
+from .appkeys import CONFIG, STORE
+from .auth import require
+from .digest_fields import DigestFieldError, format_sha256, parse_sha256
+from .etags import if_range_allows, none_match
+from .problems import Problem
+from .ranges import ByteRange, RangeNotSatisfiable, parse_range
+
+IMMUTABLE = "public, max-age=31536000, immutable"
+# Below this a body is read into memory and sent with the headers in one write; above it,
+# sendfile avoids copying the bytes through Python at all.
+_INLINE_BODY = 64 * 1024
+
+
+def _digest_param(request: web.Request) -> Digest:
+    try:
+        return Digest(request.match_info["digest"])
+    except DigestError as exc:
+        raise problems.bad_request("bad-digest", str(exc)) from None
+
+
+def _blob_headers(info: BlobInfo) -> dict[str, str]:
+    return {
+        "ETag": f'"{info.digest}"',
+        "Cache-Control": IMMUTABLE,
+        "Accept-Ranges": "bytes",
+        "Content-Type": info.content_type,
+        "Repr-Digest": format_sha256(info.sha256),
+    }
+
+
+# -- reads ------------------------------------------------------------------------------------
+
+
+async def get_blob(request: web.Request) -> web.StreamResponse:
+    digest = _digest_param(request)
+    store = request.app[STORE]
+    info = await store.stat(digest)
+    if info is None:
+        raise problems.not_found(f"no blob {digest}")
+    headers = _blob_headers(info)
+    if_none_match = request.headers.get("If-None-Match")
+    if if_none_match is not None and none_match(if_none_match, digest.hex):
+        return web.Response(status=304, headers=headers)
+    byte_range = _requested_range(request, info)
+    if byte_range is None:
+        status, start, count = 200, 0, info.size
+    else:
+        status, start, count = 206, byte_range.start, byte_range.length
+        headers["Content-Range"] = byte_range.content_range()
+    headers["Content-Length"] = str(count)
+    if request.method == "HEAD":
+        return web.Response(status=status, headers=headers)
+    path = store.local_path(digest)
+    if path is None:
+        return await _stream(request, digest, status, headers, start, count)
+    try:
+        body = await asyncio.to_thread(_open_slice, path, start, count)
+    except FileNotFoundError:
+        raise problems.not_found(f"no blob {digest}") from None
+    if isinstance(body, bytes):
+        return web.Response(status=status, headers=headers, body=body)
+    return _SendfileResponse(body, start, count, status=status, headers=headers)
+
+
+def _requested_range(request: web.Request, info: BlobInfo) -> ByteRange | None:
+    header = request.headers.get("Range")
+    if header is None or request.method != "GET":  # RFC 9110 defines Range for GET only
+        return None
+    if_range = request.headers.get("If-Range")
+    if if_range is not None and not if_range_allows(if_range, info.digest.hex):
+        return None
+    try:
+        return parse_range(header, info.size)
+    except RangeNotSatisfiable as exc:
+        raise Problem(
+            416,
+            "range-not-satisfiable",
+            "Range not satisfiable",
+            str(exc),
+            headers={"Content-Range": f"bytes */{exc.size}"},
+        ) from None
+
+
+def _open_slice(path: Path, start: int, count: int) -> bytes | IO[bytes]:
+    f = open(path, "rb")  # noqa: SIM115 - handed to the response, which closes it
+    if count > _INLINE_BODY:
+        return f
+    with f:
+        return os.pread(f.fileno(), count, start)
+
+
+class _SendfileResponse(web.StreamResponse):
+    """``count`` bytes of an open file from ``offset``, sent by the kernel."""
+
+    def __init__(
+        self, file: IO[bytes], offset: int, count: int, *, status: int, headers: dict[str, str]
+    ) -> None:
+        super().__init__(status=status, headers=headers)
+        self._file = file
+        self._offset = offset
+        self._count = count
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        try:
+            writer = await super().prepare(request)
+            transport = request.transport
+            if transport is None:
+                raise ConnectionResetError("connection lost before the body was sent")
+            await asyncio.get_running_loop().sendfile(
+                transport, self._file, self._offset, self._count
+            )
+            await super().write_eof()
+            return writer
+        finally:
+            self._file.close()
+
+
+async def _stream(
+    request: web.Request,
+    digest: Digest,
+    status: int,
+    headers: dict[str, str],
+    start: int,
+    count: int,
+) -> web.StreamResponse:
+    """For backends without a local file: chunks as the backend yields them."""
+    response = web.StreamResponse(status=status, headers=headers)
+    chunks = request.app[STORE].open(digest, start, start + count)
+    try:
+        first = await anext(chunks, b"")
+    except BlobNotFound:
+        raise problems.not_found(f"no blob {digest}") from None
+    await response.prepare(request)
+    await response.write(first)
+    async for chunk in chunks:
+        await response.write(chunk)
+    await response.write_eof()
+    return response
+
+
+async def sha256_alias(request: web.Request) -> web.Response:
+    text = request.match_info["sha256"]
+    if not is_sha256_hex(text):
+        raise problems.bad_request(
+            "bad-digest", f"not a SHA-256 digest (64 lowercase hex characters): {text!r}"
+        )
+    digest = await request.app[STORE].resolve_sha256(bytes.fromhex(text))
+    if digest is None:
+        raise problems.not_found(f"no blob has SHA-256 {text}")
+    # The mapping from SHA-256 to BLAKE3 never changes, so the redirect is as cacheable as a blob.
+    return web.Response(
+        status=308, headers={"Location": f"/blobs/{digest}", "Cache-Control": IMMUTABLE}
+    )
+
+
+async def missing(request: web.Request) -> web.Response:
+    try:
+        doc: Any = await request.json()
+    except ValueError as exc:
+        raise problems.bad_request("bad-json", f"the body is not JSON: {exc}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("digests"), list):
+        raise problems.bad_request("bad-json", 'expected {"digests": ["<blake3 hex>", ...]}')
+    texts: list[Any] = doc["digests"]
+    limit = request.app[CONFIG].max_missing_batch
+    if len(texts) > limit:
+        raise problems.bad_request("batch-too-large", f"at most {limit} digests per request")
+    invalid = [t for t in texts if not isinstance(t, str) or not is_sha256_hex(t)]
+    if invalid:
+        raise problems.bad_request(
+            "bad-digest", f"{len(invalid)} entries are not digests", invalid=invalid[:100]
+        )
+    digests = [Digest(t) for t in dict.fromkeys(texts)]
+    store = request.app[STORE]
+    infos = await asyncio.gather(*(store.stat(d) for d in digests))
+    return web.json_response(
+        {"missing": [str(d) for d, info in zip(digests, infos, strict=True) if info is None]}
+    )
+
+
+# -- writes -----------------------------------------------------------------------------------
+
+
+def _expectation(request: web.Request, blake3: Digest | None) -> Expectation:
+    """What the client declared about the body; checked before a byte of it is read."""
+    limit = request.app[CONFIG].max_blob_size
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding != "identity":
+        raise Problem(
+            415,
+            "unsupported-encoding",
+            "Unsupported content coding",
+            f"upload the bytes as they are: Content-Encoding {encoding!r} is not accepted",
+        )
+    if request.content_length is not None and request.content_length > limit:
+        raise problems.too_large(limit)
+    sha256: bytes | None = None
+    for name in ("Repr-Digest", "Content-Digest"):
+        value = request.headers.get(name)
+        if value is None:
+            continue
+        try:
+            declared = parse_sha256(value)
+        except DigestFieldError as exc:
+            raise problems.bad_request("bad-digest-field", f"{name}: {exc}") from None
+        if declared is not None and sha256 is not None and declared != sha256:
+            raise problems.bad_request(
+                "bad-digest-field", "Repr-Digest and Content-Digest declare different SHA-256"
+            )
+        sha256 = declared or sha256
+    return Expectation(blake3=blake3, sha256=sha256, max_size=limit)
+
+
+def _stored(result: PutResult) -> web.Response:
+    info = result.info
+    return web.json_response(
+        {
+            "digest": str(info.digest),
+            "size": info.size,
+            "sha256": info.sha256.hex(),
+            "content_type": info.content_type,
+        },
+        status=201 if result.created else 200,
+        headers={"Location": f"/blobs/{info.digest}"},
+    )
+
+
+async def _store_body(request: web.Request, expected: Expectation) -> PutResult:
+    try:
+        return await request.app[STORE].put(
+            request.content.iter_any(), expected, request.content_type
+        )
+    except DigestMismatch as exc:
+        raise Problem(
+            422,
+            "digest-mismatch",
+            "Digest mismatch",
+            f"nothing was stored: {exc}",
+            extra={"algorithm": exc.algorithm, "expected": exc.expected, "actual": exc.actual},
+        ) from None
+    except BlobTooLarge as exc:
+        raise problems.too_large(exc.limit) from None
+    except StorageFull as exc:
+        raise Problem(507, "storage-full", "Insufficient storage", str(exc)) from None
+
+
+async def put_blob(request: web.Request) -> web.Response:
+    digest = _digest_param(request)
+    await require(request, "write")
+    expected = _expectation(request, digest)
+    info = await request.app[STORE].stat(digest)
+    if info is not None:
+        # Already stored: the client is sending the body anyway (no Expect), so read it without
+        # hashing or writing, and keep the connection.
+        read = 0
+        async for chunk in request.content.iter_any():
+            read += len(chunk)
+            if expected.max_size is not None and read > expected.max_size:
+                raise problems.too_large(expected.max_size)
+        return _stored(PutResult(info, created=False))
+    return _stored(await _store_body(request, expected))
+
+
+async def post_blob(request: web.Request) -> web.Response:
+    await require(request, "write")
+    return _stored(await _store_body(request, _expectation(request, None)))
+
+
+async def expect_upload(request: web.Request) -> web.StreamResponse | None:
+    """``Expect: 100-continue``: answer now what can be answered without the body.
+
+    Auth, size and (for PUT) presence are known from the headers, so a client that asked first
+    does not send gigabytes to hear 401, 413 or "already stored".
+    """
+    try:
+        if request.headers.get("Expect", "").lower() != "100-continue":
+            raise Problem(417, "expectation-failed", "Expectation failed", "only 100-continue")
+        digest = _digest_param(request) if "digest" in request.match_info else None
+        await require(request, "write")
+        _expectation(request, digest)
+        info = None if digest is None else await request.app[STORE].stat(digest)
+    except Problem as problem:
+        response = problem.response()
+        response.force_close()
+        return response
+    if info is not None:
+        response = _stored(PutResult(info, created=False))
+        response.force_close()
+        return response
+    if request.version >= (1, 1):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0
+    return None
+
+
+def add_routes(app: web.Application) -> None:
+    router = app.router
+    router.add_get("/blobs/sha256/{sha256}", sha256_alias)
+    router.add_get("/blobs/{digest}", get_blob)
+    router.add_put("/blobs/{digest}", put_blob, expect_handler=expect_upload)
+    router.add_post("/blobs/missing", missing)
+    router.add_post("/blobs", post_blob, expect_handler=expect_upload)

@@ -1,0 +1,146 @@
+"""All configuration in one place: defaults < TOML file < ``ORIGIN_*`` variables < flags.
+
+Every value is checked when the origin starts; an error names the key and where it came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "ORIGIN_"
+# Environment variables that are not settings in the file but are read from the environment.
+_ENV_ONLY = {"ORIGIN_CONFIG"}
+
+KiB = 1 << 10
+MiB = 1 << 20
+GiB = 1 << 30
+
+_SIZE = re.compile(r"\s*(\d+)\s*([KMGT]i?B|B)?\s*", re.IGNORECASE)
+_UNITS = {"b": 1, "kb": 1000, "kib": KiB, "mb": 10**6, "mib": MiB, "gb": 10**9, "gib": GiB,
+          "tb": 10**12, "tib": 1 << 40}  # fmt: skip
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or invalid; the message names the key."""
+
+
+def _size(default: int) -> Any:
+    return field(default=default, metadata={"size": True})
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path = Path("data")
+    workers: int = 1
+    # Largest blob accepted by PUT and POST; larger bodies get 413.
+    max_blob_size: int = _size(16 * GiB)
+    # A rejected upload's body is read and discarded up to this many bytes before the error is
+    # sent, because Godot's HTTPClient reports a connection error, not the status, when the
+    # server closes while it is still sending.
+    drain_limit: int = _size(64 * MiB)
+    # Block size for hashing and disk writes, and for streaming reads that cannot use sendfile.
+    chunk_size: int = _size(1 * MiB)
+    max_missing_batch: int = 10_000
+    log_level: str = "info"
+    # Per-request log lines; off by default because the edge (nginx) keeps the access log.
+    access_log: bool = False
+    # Admin bearer token given by the operator instead of the generated one; never in a file.
+    admin_token: str | None = field(default=None, repr=False)
+
+    def validate(self) -> Config:
+        checks: list[tuple[str, bool, str]] = [
+            ("port", 0 <= self.port <= 65535, "must be between 0 and 65535"),
+            ("workers", 1 <= self.workers <= 256, "must be between 1 and 256"),
+            ("max_blob_size", self.max_blob_size > 0, "must be positive"),
+            ("drain_limit", self.drain_limit >= 0, "must not be negative"),
+            ("chunk_size", 4 * KiB <= self.chunk_size <= 64 * MiB, "must be 4KiB..64MiB"),
+            ("max_missing_batch", self.max_missing_batch > 0, "must be positive"),
+            ("log_level", self.log_level in LOG_LEVELS, f"must be one of {LOG_LEVELS}"),
+            ("host", bool(self.host), "must not be empty"),
+            ("admin_token", self.admin_token is None or len(self.admin_token) >= 16,
+             "must be at least 16 characters"),
+        ]  # fmt: skip
+        for key, ok, why in checks:
+            if not ok:
+                raise ConfigError(f"{key}: {why} (got {getattr(self, key)!r})")
+        return self
+
+
+def parse_size(text: str | int) -> int:
+    """``1048576``, ``"64MiB"``, ``"2 GB"`` -> bytes."""
+    if isinstance(text, int):
+        return text
+    m = _SIZE.fullmatch(text)
+    if m is None:
+        raise ValueError(f"expected a size such as 1048576, 64MiB or 2GB, got {text!r}")
+    return int(m.group(1)) * _UNITS[(m.group(2) or "b").lower()]
+
+
+def _coerce(f: dataclasses.Field[Any], raw: Any) -> Any:
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    if f.metadata.get("size"):
+        return parse_size(raw if isinstance(raw, int) else str(raw))
+    if kind == "int":
+        if isinstance(raw, bool):
+            raise ValueError(f"expected an integer, got {raw!r}")
+        return int(raw)
+    if kind == "bool":
+        if isinstance(raw, bool):
+            return raw
+        if str(raw).lower() in ("1", "true", "yes", "on"):
+            return True
+        if str(raw).lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"expected true or false, got {raw!r}")
+    if kind == "Path":
+        return Path(str(raw))
+    if isinstance(raw, str | int | float):
+        return str(raw)
+    raise ValueError(f"expected a string, got {raw!r}")
+
+
+def load_config(
+    file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Layer the sources; ``file`` defaults to ``$ORIGIN_CONFIG`` when that is set."""
+    env = os.environ if env is None else env
+    known = {f.name: f for f in fields(Config)}
+    values: dict[str, Any] = {}
+
+    def put(key: str, raw: Any, source: str) -> None:
+        if key not in known:
+            raise ConfigError(f"{key}: unknown setting (from {source})")
+        try:
+            values[key] = _coerce(known[key], raw)
+        except ValueError as exc:
+            raise ConfigError(f"{key}: {exc} (from {source})") from None
+
+    file = file or (Path(env["ORIGIN_CONFIG"]) if env.get("ORIGIN_CONFIG") else None)
+    if file is not None:
+        try:
+            doc = tomllib.loads(file.read_text())
+        except OSError as exc:
+            raise ConfigError(f"config file {file}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {file}: {exc}") from None
+        for key, raw in doc.items():
+            put(key, raw, str(file))
+    for name, raw in env.items():
+        if name.startswith(ENV_PREFIX) and name not in _ENV_ONLY:
+            put(name[len(ENV_PREFIX) :].lower(), raw, f"environment variable {name}")
+    for key, raw in (overrides or {}).items():
+        if raw is not None:
+            put(key, raw, f"flag --{key.replace('_', '-')}")
+    return Config(**values).validate()

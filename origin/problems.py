@@ -1,0 +1,104 @@
+"""Errors as ``application/problem+json`` (RFC 9457), each with a stable ``type``.
+
+Handlers raise ``Problem``; the middleware in ``origin.app`` turns it into the response. The
+``type`` URIs are relative references documented in README.md ("Errors").
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+
+PROBLEM_JSON = "application/problem+json"
+
+
+class Problem(Exception):
+    def __init__(
+        self,
+        status: int,
+        slug: str,
+        title: str,
+        detail: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.slug = slug
+        self.title = title
+        self.detail = detail
+        self.headers = dict(headers or {})
+        self.extra = dict(extra or {})
+
+    def response(self) -> web.Response:
+        body = {
+            "type": f"/problems/{self.slug}",
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+            **self.extra,
+        }
+        headers = {"Cache-Control": "no-store", **self.headers}
+        return web.Response(
+            status=self.status,
+            body=json.dumps(body).encode(),
+            content_type=PROBLEM_JSON,
+            headers=headers,
+        )
+
+
+def bad_request(slug: str, detail: str, **extra: Any) -> Problem:
+    return Problem(400, slug, "Bad request", detail, extra=extra)
+
+
+def not_found(detail: str) -> Problem:
+    return Problem(404, "not-found", "Not found", detail)
+
+
+def unauthorized(detail: str) -> Problem:
+    return Problem(
+        401,
+        "unauthorized",
+        "Authentication required",
+        detail,
+        headers={"WWW-Authenticate": 'Bearer realm="origin"'},
+    )
+
+
+def forbidden(scope: str) -> Problem:
+    return Problem(
+        403,
+        "forbidden",
+        "Insufficient scope",
+        f"this request needs a token with the {scope!r} scope",
+        headers={
+            "WWW-Authenticate": (
+                f'Bearer realm="origin", error="insufficient_scope", scope="{scope}"'
+            )
+        },
+    )
+
+
+def too_large(limit: int) -> Problem:
+    return Problem(
+        413,
+        "too-large",
+        "Body too large",
+        f"the body exceeds the limit of {limit} bytes",
+        extra={"limit": limit},
+    )
+
+
+def from_http_exception(exc: web.HTTPException) -> Problem:
+    slugs = {404: "not-found", 405: "method-not-allowed", 413: "too-large"}
+    return Problem(
+        exc.status,
+        slugs.get(exc.status, f"http-{exc.status}"),
+        exc.reason,
+        exc.text or exc.reason,
+        headers={k: v for k, v in exc.headers.items() if k.lower() in ("allow",)},
+    )

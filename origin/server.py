@@ -1,0 +1,154 @@
+"""``origin serve``: one process per worker, all listening on one port with SO_REUSEPORT.
+
+The kernel spreads connections across the workers' sockets. The parent reserves the port (so
+``--port 0`` picks one port for every worker), starts the workers, restarts one that dies,
+and on SIGTERM or SIGINT stops them all gracefully (in-flight requests finish).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import multiprocessing
+import multiprocessing.process
+import multiprocessing.queues
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from .app import create_app
+from .config import Config
+
+log = logging.getLogger(__name__)
+
+_READY_TIMEOUT = 30.0
+_SHUTDOWN_TIMEOUT = 30.0
+_PR_SET_PDEATHSIG = 1
+
+
+def reserve_port(host: str, port: int) -> socket.socket:
+    """A bound, non-listening socket in the SO_REUSEPORT group: holds the port, takes no load."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    return sock
+
+
+async def _run_worker(config: Config, port: int, on_ready: Callable[[], None]) -> None:
+    runner = web.AppRunner(
+        create_app(config),
+        access_log=logging.getLogger("origin.access") if config.access_log else None,
+        shutdown_timeout=_SHUTDOWN_TIMEOUT,
+        # Larger socket reads mean fewer, bigger chunks on the upload path.
+        read_bufsize=1 << 20,
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, port, reuse_port=True, backlog=2048)
+    await site.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    on_ready()
+    await stop.wait()
+    await runner.cleanup()
+
+
+def worker_main(config: Config, port: int, ready: Any) -> None:
+    _die_with_parent()
+    configure_logging(config)
+    asyncio.run(_run_worker(config, port, lambda: ready.put(os.getpid())))
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGTERM this worker when the supervisor dies, even by SIGKILL."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        log.warning("cannot tie the worker's life to its supervisor on this platform")
+
+
+def configure_logging(config: Config) -> None:
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def serve(config: Config, banner: list[str]) -> int:
+    """Run until SIGTERM/SIGINT; prints the URL and ``banner`` once every worker listens."""
+    reserved = reserve_port(config.host, config.port)
+    port = reserved.getsockname()[1]
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    lines = [f"origin listening on http://{host}:{port} ({config.workers} worker(s))", *banner]
+
+    def announce() -> None:
+        for line in lines:
+            print(line, flush=True)
+
+    if config.workers == 1:
+        # One worker runs in this process: nothing to supervise, and a signal reaches it directly.
+        asyncio.run(_run_worker(config, port, announce))
+        reserved.close()
+        return 0
+    ctx = multiprocessing.get_context("spawn")
+    ready: multiprocessing.queues.Queue[int] = ctx.Queue()
+
+    def spawn() -> multiprocessing.process.BaseProcess:
+        proc = ctx.Process(target=worker_main, args=(config, port, ready), daemon=False)
+        proc.start()
+        return proc
+
+    stopping = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    workers = [spawn() for _ in range(config.workers)]
+    deadline = time.monotonic() + _READY_TIMEOUT
+    started = 0
+    while started < config.workers:
+        try:
+            ready.get(timeout=max(0.1, deadline - time.monotonic()))
+            started += 1
+        except Exception:
+            if stopping or time.monotonic() > deadline or not any(w.is_alive() for w in workers):
+                log.error("workers did not start; see the errors above")
+                _stop(workers)
+                return 1
+    announce()
+
+    while not stopping:
+        for i, proc in enumerate(workers):
+            if not proc.is_alive() and not stopping:
+                log.error("worker %s exited with %s; starting another", proc.pid, proc.exitcode)
+                workers[i] = spawn()
+        time.sleep(0.2)
+    _stop(workers)
+    reserved.close()
+    return 0
+
+
+def _stop(workers: list[multiprocessing.process.BaseProcess]) -> None:
+    for proc in workers:
+        if proc.is_alive():
+            proc.terminate()  # SIGTERM: the worker finishes in-flight requests, then exits
+    for proc in workers:
+        proc.join(_SHUTDOWN_TIMEOUT + 5)
+        if proc.is_alive():
+            proc.kill()
