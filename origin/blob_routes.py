@@ -320,8 +320,8 @@ async def expect_upload(request: web.Request) -> web.StreamResponse | None:
 
 def add_routes(app: web.Application) -> None:
     router = app.router
-    router.add_get("/blobs/sha256/{sha256}", sha256_alias)
-    router.add_get("/blobs/{digest}", get_blob)
-    router.add_put("/blobs/{digest}", put_blob, expect_handler=expect_upload)
+    router.add_get("/blobs/sha256/{sha256:[^/]+}", sha256_alias)
+    router.add_get("/blobs/{digest:[^/]+}", get_blob)
+    router.add_put("/blobs/{digest:[^/]+}", put_blob, expect_handler=expect_upload)
     router.add_post("/blobs/missing", missing)
     router.add_post("/blobs", post_blob, expect_handler=expect_upload)

@@ -1,0 +1,138 @@
+"""Shared fixtures: an in-process app for API tests and a real ``origin serve`` subprocess."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from origin import Config, create_app
+
+ADMIN_TOKEN = "test-admin-token-0123456789"
+Client = TestClient[web.Request, web.Application]
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    return Config(data_dir=tmp_path / "data", admin_token=ADMIN_TOKEN).validate()
+
+
+@pytest.fixture
+async def client(config: Config) -> AsyncIterator[Client]:
+    server = TestServer(create_app(config))
+    async with TestClient(server) as test_client:
+        yield test_client
+
+
+@dataclass
+class LiveOrigin:
+    """``origin serve`` in its own process, on a free loopback port."""
+
+    data_dir: Path
+    workers: int = 1
+    env: dict[str, str] = field(default_factory=dict)
+    token: str = ADMIN_TOKEN
+    proc: subprocess.Popen[bytes] | None = None
+    port: int = 0
+    output: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> LiveOrigin:
+        env = {**os.environ, "ORIGIN_ADMIN_TOKEN": self.token, **self.env}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "origin", "--data-dir", str(self.data_dir), "serve",
+             "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )  # fmt: skip
+        lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._pump, args=(self.proc, lines), daemon=True).start()
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = lines.get(timeout=left)
+            except queue.Empty:
+                break
+            m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
+            if m:
+                self.port = int(m.group(1))
+                return self
+        self.stop()
+        raise RuntimeError("origin did not start:\n" + "".join(self.output))
+
+    def _pump(self, proc: subprocess.Popen[bytes], lines: queue.Queue[str]) -> None:
+        """Keep reading the server's output so it never blocks on a full pipe."""
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = raw.decode(errors="replace")
+            self.output.append(line)
+            lines.put(line)
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group, as the OOM killer or a power cut would."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def server_pids(self) -> list[int]:
+        """The processes that serve requests: the workers, or the process itself with one."""
+        import psutil
+
+        assert self.proc is not None
+        workers = []
+        for child in psutil.Process(self.proc.pid).children():
+            try:
+                if "spawn_main" in " ".join(child.cmdline()):
+                    workers.append(child.pid)
+            except psutil.Error:  # exited (or a zombie not yet reaped): not serving
+                continue
+        return workers or [self.proc.pid]
+
+
+@pytest.fixture
+def live_origin(tmp_path: Path) -> Iterator[LiveOrigin]:
+    origin = LiveOrigin(data_dir=tmp_path / "live-data").start()
+    yield origin
+    origin.stop()
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Iterator[Path]:
+    """A real 2 MiB file system (tmpfs), so ENOSPC comes from the kernel, not from a mock."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True
+    )
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)

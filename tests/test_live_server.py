@@ -1,0 +1,341 @@
+"""Against a real ``origin serve`` process: crashes, raw HTTP/1.1, workers, memory, the CLI."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import blake3
+import psutil
+import pytest
+
+from .conftest import ADMIN_TOKEN, LiveOrigin
+
+BLOCK = os.urandom(1 << 20)
+
+
+def b3(data: bytes) -> str:
+    return blake3.blake3(data).hexdigest()
+
+
+def http(origin: LiveOrigin, method: str, path: str, body: bytes | None = None,
+         headers: dict[str, str] | None = None) -> tuple[int, bytes]:  # fmt: skip
+    req = urllib.request.Request(origin.url + path, data=body, method=method,
+                                 headers=headers or {})  # fmt: skip
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def auth(origin: LiveOrigin) -> dict[str, str]:
+    return {"Authorization": f"Bearer {origin.token}"}
+
+
+def connect(origin: LiveOrigin) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", origin.port), timeout=30)
+    return sock
+
+
+def read_head(sock: socket.socket) -> bytes:
+    """Bytes up to and including the blank line that ends a response's head."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        buf += chunk
+    return buf
+
+
+def request_head(method: str, path: str, headers: dict[str, str]) -> bytes:
+    lines = [
+        f"{method} {path} HTTP/1.1",
+        "Host: origin",
+        *(f"{k}: {v}" for k, v in headers.items()),
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def temp_files(origin: LiveOrigin) -> list[Path]:
+    return [p for p in (origin.data_dir / "tmp").iterdir() if p.name.endswith(".part")]
+
+
+# -- crash safety -----------------------------------------------------------------------------
+
+
+def test_sigkill_mid_upload_leaves_no_blob_and_keeps_acknowledged(live_origin: LiveOrigin) -> None:
+    acknowledged = {}
+    for i in range(5):
+        data = os.urandom(100_000 + i)
+        status, _ = http(live_origin, "PUT", f"/blobs/{b3(data)}", data, auth(live_origin))
+        assert status == 201
+        acknowledged[b3(data)] = data
+
+    big_size = 256 << 20
+    big = BLOCK * (big_size // len(BLOCK))
+    digest = b3(big)
+    sock = connect(live_origin)
+    sock.sendall(request_head("PUT", f"/blobs/{digest}",
+                              {**auth(live_origin), "Content-Length": str(big_size)}))  # fmt: skip
+    sent = 0
+    while sent < big_size // 2:  # half the body, then the power goes
+        sock.sendall(BLOCK)
+        sent += len(BLOCK)
+    deadline = time.monotonic() + 10
+    while not temp_files(live_origin) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert temp_files(live_origin), "the upload should be in a temp file by now"
+    live_origin.kill()
+    sock.close()
+    assert temp_files(live_origin), "SIGKILL leaves the temp file behind; restart must sweep it"
+
+    live_origin.start()
+    assert temp_files(live_origin) == []
+    status, _ = http(live_origin, "GET", f"/blobs/{digest}")
+    assert status == 404
+    assert not (live_origin.data_dir / "blobs" / digest[:2] / digest[2:4] / digest).exists()
+    for known, data in acknowledged.items():
+        assert http(live_origin, "GET", f"/blobs/{known}") == (200, data)
+
+
+# -- raw HTTP/1.1: Expect and the Godot drain ------------------------------------------------
+
+
+def test_expect_100_continue(live_origin: LiveOrigin) -> None:
+    data = os.urandom(300_000)
+    digest = b3(data)
+    headers = {**auth(live_origin), "Content-Length": str(len(data)), "Expect": "100-continue"}
+    with connect(live_origin) as sock:
+        sock.sendall(request_head("PUT", f"/blobs/{digest}", headers))
+        assert read_head(sock).startswith(b"HTTP/1.1 100 Continue")
+        sock.sendall(data)
+        assert b"HTTP/1.1 201" in read_head(sock)
+    # Present now: answered 200 at once, without waiting for a byte of the body.
+    with connect(live_origin) as sock:
+        sock.sendall(request_head("PUT", f"/blobs/{digest}", headers))
+        assert read_head(sock).startswith(b"HTTP/1.1 200")
+    # No token: 401 at once.
+    with connect(live_origin) as sock:
+        no_auth = {k: v for k, v in headers.items() if k != "Authorization"}
+        sock.sendall(request_head("PUT", f"/blobs/{b3(b'new')}", no_auth))
+        assert read_head(sock).startswith(b"HTTP/1.1 401")
+
+
+def test_rejected_upload_body_is_drained_before_the_answer(live_origin: LiveOrigin) -> None:
+    """What Godot's HTTPClient.request_raw does: send all of Content-Length, then read."""
+    data = os.urandom(8 << 20)
+    with connect(live_origin) as sock:
+        for _ in range(2):  # the connection stays usable after the error
+            sock.sendall(request_head("PUT", f"/blobs/{b3(data)}",
+                                      {"Content-Length": str(len(data))}))  # fmt: skip
+            sock.sendall(data)  # would fail with EPIPE/ECONNRESET had the server closed early
+            head = read_head(sock)
+            assert head.startswith(b"HTTP/1.1 401"), head
+            length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+            body = head.split(b"\r\n\r\n", 1)[1]
+            while len(body) < length:
+                body += sock.recv(65536)
+
+
+def test_body_over_drain_limit_is_answered_and_closed(tmp_path: Path) -> None:
+    origin = LiveOrigin(tmp_path / "d", env={"ORIGIN_DRAIN_LIMIT": "64KiB"}).start()
+    try:
+        with connect(origin) as sock:
+            sock.sendall(request_head("PUT", f"/blobs/{'0' * 64}",
+                                      {"Content-Length": str(64 << 20)}))  # fmt: skip
+            head = read_head(sock)
+            assert head.startswith(b"HTTP/1.1 401")
+            assert b"Connection: close" in head
+    finally:
+        origin.stop()
+
+
+# -- workers ----------------------------------------------------------------------------------
+
+
+def test_workers_share_the_port(tmp_path: Path) -> None:
+    origin = LiveOrigin(tmp_path / "d", workers=2).start()
+    try:
+        pids = origin.server_pids()
+        assert len(pids) == 2
+        for pid in pids:
+            listening = [c for c in psutil.Process(pid).net_connections("tcp")
+                         if c.status == psutil.CONN_LISTEN]  # fmt: skip
+            assert [c.laddr.port for c in listening] == [origin.port]
+        data = os.urandom(50_000)
+        assert http(origin, "PUT", f"/blobs/{b3(data)}", data, auth(origin))[0] == 201
+        for _ in range(20):  # new connections land on either worker; both see the blob
+            assert http(origin, "GET", f"/blobs/{b3(data)}") == (200, data)
+        # A worker that dies is replaced.
+        os.kill(pids[0], 9)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            current = origin.server_pids()
+            if len(current) == 2 and pids[0] not in current:
+                break
+            time.sleep(0.2)
+        assert len(origin.server_pids()) == 2
+        assert pids[0] not in origin.server_pids()
+        assert http(origin, "GET", f"/blobs/{b3(data)}") == (200, data)
+    finally:
+        origin.stop()
+    assert origin.proc is not None
+    assert origin.proc.returncode == 0
+
+
+# -- memory -----------------------------------------------------------------------------------
+
+
+class PeakRss:
+    """Samples a process's RSS in a thread; ``growth`` is the peak over the starting value."""
+
+    def __init__(self, pid: int) -> None:
+        self._proc = psutil.Process(pid)
+        self.start = self._proc.memory_info().rss
+        self.peak = self.start
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+            time.sleep(0.01)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def growth(self) -> int:
+        return self.peak - self.start
+
+
+def gib_body() -> Iterator[bytes]:
+    for _ in range(1024):
+        yield BLOCK
+
+
+@pytest.mark.slow
+def test_one_gib_put_and_get_keep_rss_flat(live_origin: LiveOrigin) -> None:
+    hasher = blake3.blake3()
+    for block in gib_body():
+        hasher.update(block)
+    digest = hasher.hexdigest()
+    # Warm the server up so one-off allocations are not counted as growth.
+    warm = os.urandom(4 << 20)
+    http(live_origin, "PUT", f"/blobs/{b3(warm)}", warm, auth(live_origin))
+    http(live_origin, "GET", f"/blobs/{b3(warm)}")
+    (pid,) = live_origin.server_pids()
+
+    with PeakRss(pid) as put_rss, connect(live_origin) as sock:
+        headers = {**auth(live_origin), "Content-Length": str(1 << 30)}
+        sock.sendall(request_head("PUT", f"/blobs/{digest}", headers))
+        for block in gib_body():
+            sock.sendall(block)
+        assert read_head(sock).startswith(b"HTTP/1.1 201")
+    with PeakRss(pid) as get_rss, connect(live_origin) as sock:
+        sock.sendall(request_head("GET", f"/blobs/{digest}", {}))
+        head = read_head(sock)
+        assert head.startswith(b"HTTP/1.1 200")
+        received = len(head.split(b"\r\n\r\n", 1)[1])
+        check = blake3.blake3(head.split(b"\r\n\r\n", 1)[1])
+        while received < 1 << 30:
+            chunk = sock.recv(1 << 20)
+            assert chunk
+            received += len(chunk)
+            check.update(chunk)
+        assert check.hexdigest() == digest
+    assert put_rss.growth < 64 << 20, f"PUT grew RSS by {put_rss.growth >> 20} MiB"
+    assert get_rss.growth < 64 << 20, f"GET grew RSS by {get_rss.growth >> 20} MiB"
+
+
+# -- CLI --------------------------------------------------------------------------------------
+
+
+def origin_cli(data_dir: Path, *args: str, env: dict[str, str] | None = None
+               ) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "origin", "--data-dir", str(data_dir), *args],
+        capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})},
+    )  # fmt: skip
+
+
+def test_token_cli_and_revocation_reach_a_running_server(tmp_path: Path) -> None:
+    origin = LiveOrigin(tmp_path / "d", workers=2).start()
+    try:
+        made = origin_cli(origin.data_dir, "token", "create", "--subject", "ci", "--scope", "write")
+        assert made.returncode == 0, made.stderr
+        token_id = made.stdout.split()[1]
+        secret = made.stdout.splitlines()[1]
+        assert secret.startswith("orgn_")
+        assert secret not in (origin.data_dir / "tokens.json").read_text()  # stored hashed
+        listed = origin_cli(origin.data_dir, "token", "list")
+        assert token_id in listed.stdout
+        assert "ci" in listed.stdout
+        assert secret not in listed.stdout
+        data = os.urandom(1000)
+        headers = {"Authorization": f"Bearer {secret}"}
+        deadline = time.monotonic() + 5
+        while http(origin, "PUT", f"/blobs/{b3(data)}", data, headers)[0] != 201:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert origin_cli(origin.data_dir, "token", "revoke", token_id).returncode == 0
+        time.sleep(1.5)
+        for _ in range(10):  # every worker has re-read the file
+            other = os.urandom(10)
+            assert http(origin, "PUT", f"/blobs/{b3(other)}", other, headers)[0] == 401
+        assert origin_cli(origin.data_dir, "token", "revoke", token_id).returncode == 1
+    finally:
+        origin.stop()
+
+
+def test_first_start_prints_a_working_admin_token(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "ORIGIN_ADMIN_TOKEN"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "origin", "--data-dir", str(tmp_path / "d"), "serve", "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().split()[3]
+        token = proc.stdout.readline().strip().split()[-1]
+        assert token.startswith("orgn_")
+        req = urllib.request.Request(f"{url}/blobs", data=b"hi", method="POST",
+                                     headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            assert resp.status == 201
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+@pytest.mark.parametrize(
+    ("env", "args", "message"),
+    [
+        ({"ORIGIN_MAX_BLOB_SIZE": "lots"}, [], "max_blob_size"),
+        ({"ORIGIN_WORKRES": "2"}, [], "workres: unknown setting"),
+        ({}, ["--workers", "0"], "workers"),
+        ({"ORIGIN_ADMIN_TOKEN": "short"}, [], "admin_token"),
+    ],
+)
+def test_bad_config_names_the_key(
+    tmp_path: Path, env: dict[str, str], args: list[str], message: str
+) -> None:
+    result = origin_cli(tmp_path / "d", "serve", "--port", "0", *args,
+                        env={"ORIGIN_ADMIN_TOKEN": ADMIN_TOKEN, **env})  # fmt: skip
+    assert result.returncode == 2
+    assert "configuration error" in result.stderr
+    assert message in result.stderr
