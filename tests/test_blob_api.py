@@ -13,6 +13,7 @@ import blake3
 import pytest
 from aiohttp.test_utils import TestClient
 
+from blobstore import Digest, DiskBackend
 from origin import Config
 from origin.tokens import TokenStore
 
@@ -449,3 +450,29 @@ async def test_full_disk_is_507_and_leaves_nothing(tiny_fs: Path) -> None:
         assert (await small_disk.get(f"/blobs/{b3(data)}")).status == 404
         fits = os.urandom(100_000)
         assert (await small_disk.post("/blobs", data=fits, headers=AUTH)).status == 201
+
+
+class _RemoteLikeDisk(DiskBackend):
+    """A disk backend that offers no local file, as the Redis and SFTP tiers will not."""
+
+    def local_path(self, digest: Digest) -> Path | None:
+        return None
+
+
+async def test_backends_without_local_files_stream_chunks(config: Config) -> None:
+    from aiohttp.test_utils import TestServer
+
+    from origin import create_app
+    from origin.appkeys import STORE
+
+    app = create_app(config)
+    app[STORE] = _RemoteLikeDisk(config.data_dir, chunk_size=4096)
+    async with TestClient(TestServer(app)) as remote:
+        data = os.urandom(50_000)
+        digest = await put(remote, data)
+        whole = await remote.get(f"/blobs/{digest}")
+        assert whole.headers["Content-Length"] == str(len(data))
+        assert await whole.read() == data
+        part = await remote.get(f"/blobs/{digest}", headers={"Range": "bytes=4000-9000"})
+        assert part.status == 206
+        assert await part.read() == data[4000:9001]
