@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import secrets
-from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -38,19 +38,27 @@ from .backend import (
     StorageFull,
 )
 from .digest import Digest, DigestError
+from .filesink import FileSink
 from .hashing import Hashes, StreamHasher
 
 log = logging.getLogger(__name__)
 
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 _TEMP_SUFFIX = ".part"
+# Direct writes go to the device this many bytes at a time; 4 MiB measured best (BENCHMARKS.md).
+_DIRECT_STAGE = 4 << 20
 
 
 class DiskBackend:
     """A ``BlobBackend`` on a local directory; see the module docstring for the layout."""
 
     def __init__(
-        self, root: Path, *, chunk_size: int = 1 << 20, info_cache_entries: int = 65_536
+        self,
+        root: Path,
+        *,
+        chunk_size: int = 1 << 20,
+        direct_io: bool = True,
+        info_cache_entries: int = 65_536,
     ) -> None:
         self.root = root
         self._blobs = root / "blobs"
@@ -58,6 +66,7 @@ class DiskBackend:
         self._sha256 = root / "sha256"
         self._tmp = root / "tmp"
         self._chunk_size = chunk_size
+        self._direct_io = direct_io
         # Blobs are immutable, so a cached info can only go stale through delete(), which evicts.
         self._info: LRUCache[Digest, BlobInfo] = LRUCache(maxsize=info_cache_entries)
 
@@ -205,17 +214,21 @@ class DiskBackend:
         expected: Expectation = NOTHING_EXPECTED,
         content_type: str = DEFAULT_CONTENT_TYPE,
     ) -> PutResult:
-        writer = _TempWriter(self._tmp)
-        inflight: asyncio.Future[None] | None = None
+        writer = _TempWriter(self._tmp, self._direct_io)
+        inflight: asyncio.Future[object] | None = None
         try:
-            # Pipelined: block N is hashed and written in a thread while block N+1 is received.
-            # The last block is held back so that a small blob costs a single thread hop.
+            # Pipelined: while block N+1 is received, block N is written (with BLAKE3) in one
+            # thread and SHA-256'd in another. The last block is held back so that a small blob
+            # costs a single thread hop.
             pending: bytes | bytearray = b""
             async for block in _coalesce(chunks, self._chunk_size, expected.max_size):
                 if pending:
                     if inflight is not None:
                         await inflight
-                    inflight = asyncio.ensure_future(asyncio.to_thread(writer.write, pending))
+                    inflight = _both(
+                        asyncio.to_thread(writer.write_blake3, pending),
+                        asyncio.to_thread(writer.sha256, pending),
+                    )
                 pending = block
             if inflight is not None:
                 await inflight
@@ -240,7 +253,7 @@ class DiskBackend:
         expected: Expectation,
         content_type: str,
     ) -> PutResult:
-        writer.write(last)
+        writer.write_last(last)
         hashes = writer.hashes()
         expected.check(hashes)
         final = self._blob_path(hashes.blake3)
@@ -307,48 +320,56 @@ class DiskBackend:
 
 
 class _TempWriter:
-    """A temp file that is hashed as it is written; created lazily on the first write."""
+    """A temp file that is hashed as it is written; created on the first write.
 
-    def __init__(self, tmp_dir: Path) -> None:
+    A blob that arrives in several blocks is large: its file uses direct I/O. A blob that fits
+    in one block is written through the page cache, where it is also warm for the first GET.
+    """
+
+    def __init__(self, tmp_dir: Path, direct_io: bool) -> None:
         self._tmp_dir = tmp_dir
+        self._direct_io = direct_io
         self._hasher = StreamHasher()
         self._path: Path | None = None
-        self._file: int | None = None
+        self._sink: FileSink | None = None
 
     @property
     def needs_cleanup(self) -> bool:
         return self._path is not None
 
-    def _ensure_open(self) -> int:
-        if self._file is None:
+    def _open(self, direct: bool) -> FileSink:
+        if self._sink is None:
             self._path = self._tmp_dir / f"{os.getpid()}-{secrets.token_hex(8)}{_TEMP_SUFFIX}"
-            self._file = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        return self._file
+            self._sink = FileSink(self._path, direct=direct, stage_size=_DIRECT_STAGE)
+        return self._sink
 
-    def write(self, block: bytes | bytearray) -> None:
-        fd = self._ensure_open()
-        self._hasher.update(block)
-        view = memoryview(block)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
+    def write_last(self, block: bytes | bytearray) -> None:
+        self.sha256(block)
+        self._hasher.update_blake3(block)
+        self._open(direct=False).write(block)
+
+    def sha256(self, block: bytes | bytearray) -> None:
+        self._hasher.update_sha256(block)
+
+    def write_blake3(self, block: bytes | bytearray) -> None:
+        sink = self._open(direct=self._direct_io)
+        self._hasher.update_blake3(block)
+        sink.write(block)
 
     def hashes(self) -> Hashes:
         return self._hasher.result()
 
     def finish(self) -> Path:
         """Make the bytes durable and return the temp file's path."""
-        fd = self._ensure_open()
-        os.fsync(fd)
-        os.close(fd)
-        self._file = None
+        self._open(direct=False).sync_and_close()
+        self._sink = None
         assert self._path is not None
         return self._path
 
     def discard(self) -> None:
-        if self._file is not None:
-            os.close(self._file)
-            self._file = None
+        if self._sink is not None:
+            self._sink.close()
+            self._sink = None
         if self._path is not None:
             self._path.unlink(missing_ok=True)
             self._path = None
@@ -370,6 +391,17 @@ async def _coalesce(
             buf = bytearray()
     if buf:
         yield buf
+
+
+def _both(*aws: Awaitable[None]) -> asyncio.Future[object]:
+    """Run both; finish only when both have (a failed write must not race a running hash)."""
+
+    async def run() -> None:
+        for result in await asyncio.gather(*aws, return_exceptions=True):
+            if isinstance(result, BaseException):
+                raise result
+
+    return asyncio.ensure_future(run())
 
 
 def _encode_meta(info: BlobInfo) -> bytes:

@@ -20,8 +20,10 @@ class Hashes:
 class StreamHasher:
     """Feeds every chunk to both hash functions.
 
-    Both implementations release the GIL on large buffers, so callers hash big chunks in a
-    worker thread (see ``DiskBackend.put``) and the event loop keeps receiving meanwhile.
+    Both implementations release the GIL on large buffers, so callers hash big chunks in worker
+    threads and the event loop keeps receiving meanwhile. The two halves may run in two threads
+    at once (SHA-256 is several times slower than BLAKE3), as long as each half sees the chunks
+    in order; ``DiskBackend.put`` does that.
     """
 
     __slots__ = ("_b3", "_sha", "_size")
@@ -32,9 +34,15 @@ class StreamHasher:
         self._size = 0
 
     def update(self, chunk: bytes | bytearray | memoryview) -> None:
+        self.update_blake3(chunk)
+        self.update_sha256(chunk)
+
+    def update_blake3(self, chunk: bytes | bytearray | memoryview) -> None:
         self._b3.update(chunk)
-        self._sha.update(chunk)
         self._size += len(chunk)
+
+    def update_sha256(self, chunk: bytes | bytearray | memoryview) -> None:
+        self._sha.update(chunk)
 
     @property
     def size(self) -> int:

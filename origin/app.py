@@ -71,7 +71,7 @@ def create_app(config: Config) -> web.Application:
     json_limit = max(1 << 20, config.max_missing_batch * 80)
     app = web.Application(middlewares=[problem_middleware], client_max_size=json_limit)
     app[CONFIG] = config
-    disk = DiskBackend(config.data_dir, chunk_size=config.chunk_size)
+    disk = DiskBackend(config.data_dir, chunk_size=config.chunk_size, direct_io=config.direct_io)
     app[STORE] = disk
     app[TOKENS] = TokenStore(config.data_dir / "tokens.json", config.admin_token)
 
