@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -80,7 +80,9 @@ class BlobBackend(Protocol):
     async def stat(self, digest: Digest) -> BlobInfo | None:
         """The blob's info, or None when it is not stored here."""
 
-    def open(self, digest: Digest, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+    def open(
+        self, digest: Digest, start: int = 0, end: int | None = None
+    ) -> AsyncGenerator[bytes, None]:
         """Bytes ``[start, end)`` as a stream of chunks; raises BlobNotFound."""
 
     async def put(

@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import secrets
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -150,7 +150,14 @@ class DiskBackend:
 
     async def open(
         self, digest: Digest, start: int = 0, end: int | None = None
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
+        if end is not None and end - start <= self._chunk_size:
+            # The common small read: open, read and close in a single thread hop.
+            try:
+                yield await asyncio.to_thread(_read_range, self._blob_path(digest), start, end)
+            except FileNotFoundError:
+                raise BlobNotFound(str(digest)) from None
+            return
         try:
             f = await aiofiles.open(self._blob_path(digest), "rb")
         except FileNotFoundError:
@@ -424,6 +431,14 @@ def _decode_meta(digest: Digest, raw: bytes) -> BlobInfo:
         content_type=str(doc["content_type"]),
         created_at=datetime.fromisoformat(doc["created_at"]),
     )
+
+
+def _read_range(path: Path, start: int, end: int) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.pread(fd, end - start, start)
+    finally:
+        os.close(fd)
 
 
 def _ensure_dir(path: Path) -> None:

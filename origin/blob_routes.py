@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-from pathlib import Path
 from typing import IO, Any
 
 from aiohttp import web
@@ -32,9 +30,9 @@ from .problems import Problem
 from .ranges import ByteRange, RangeNotSatisfiable, parse_range
 
 IMMUTABLE = "public, max-age=31536000, immutable"
-# Below this a body is read into memory and sent with the headers in one write; above it,
+# Up to this a body is read into memory and sent with the headers in one write; above it,
 # sendfile avoids copying the bytes through Python at all.
-_INLINE_BODY = 64 * 1024
+_SENDFILE_MIN = 64 * 1024
 
 
 def _digest_param(request: web.Request) -> Digest:
@@ -76,16 +74,14 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
     headers["Content-Length"] = str(count)
     if request.method == "HEAD":
         return web.Response(status=status, headers=headers)
-    path = store.local_path(digest)
-    if path is None:
-        return await _stream(request, digest, status, headers, start, count)
-    try:
-        body = await asyncio.to_thread(_open_slice, path, start, count)
-    except FileNotFoundError:
-        raise problems.not_found(f"no blob {digest}") from None
-    if isinstance(body, bytes):
-        return web.Response(status=status, headers=headers, body=body)
-    return _SendfileResponse(body, start, count, status=status, headers=headers)
+    if count > _SENDFILE_MIN and (path := store.local_path(digest)) is not None:
+        try:
+            file = await asyncio.to_thread(open, path, "rb")
+        except FileNotFoundError:
+            pass  # not (or no longer) a local file: the store streams it from another tier
+        else:
+            return _SendfileResponse(file, start, count, status=status, headers=headers)
+    return await _from_store(request, digest, status, headers, start, count)
 
 
 def _requested_range(request: web.Request, info: BlobInfo) -> ByteRange | None:
@@ -105,14 +101,6 @@ def _requested_range(request: web.Request, info: BlobInfo) -> ByteRange | None:
             str(exc),
             headers={"Content-Range": f"bytes */{exc.size}"},
         ) from None
-
-
-def _open_slice(path: Path, start: int, count: int) -> bytes | IO[bytes]:
-    f = open(path, "rb")  # noqa: SIM115 - handed to the response, which closes it
-    if count > _INLINE_BODY:
-        return f
-    with f:
-        return os.pread(f.fileno(), count, start)
 
 
 class _SendfileResponse(web.StreamResponse):
@@ -141,7 +129,7 @@ class _SendfileResponse(web.StreamResponse):
             self._file.close()
 
 
-async def _stream(
+async def _from_store(
     request: web.Request,
     digest: Digest,
     status: int,
@@ -149,13 +137,16 @@ async def _stream(
     start: int,
     count: int,
 ) -> web.StreamResponse:
-    """For backends without a local file: chunks as the backend yields them."""
-    response = web.StreamResponse(status=status, headers=headers)
+    """The bytes as the store yields them: one write when they come in one chunk."""
     chunks = request.app[STORE].open(digest, start, start + count)
     try:
         first = await anext(chunks, b"")
     except BlobNotFound:
         raise problems.not_found(f"no blob {digest}") from None
+    if len(first) == count:
+        await chunks.aclose()
+        return web.Response(status=status, headers=headers, body=first)
+    response = web.StreamResponse(status=status, headers=headers)
     await response.prepare(request)
     await response.write(first)
     async for chunk in chunks:
