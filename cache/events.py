@@ -1,0 +1,34 @@
+"""What the tiers report: hits, misses, bytes, promotions, evictions; origin makes metrics."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class CacheEvents(Protocol):
+    def hit(self, tier: str, nbytes: int) -> None: ...
+    def miss(self, tier: str) -> None: ...
+    def promoted(self, tier: str) -> None: ...
+    def evicted(self, tier: str, count: int = 1) -> None: ...
+    def flight_joined(self) -> None: ...
+    def durable_read(self) -> None: ...
+
+
+class NoEvents:
+    def hit(self, tier: str, nbytes: int) -> None:
+        pass
+
+    def miss(self, tier: str) -> None:
+        pass
+
+    def promoted(self, tier: str) -> None:
+        pass
+
+    def evicted(self, tier: str, count: int = 1) -> None:
+        pass
+
+    def flight_joined(self) -> None:
+        pass
+
+    def durable_read(self) -> None:
+        pass
