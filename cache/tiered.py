@@ -1,11 +1,13 @@
-"""The tier chain: cache tiers in front of one durable backend, itself a ``BlobBackend``.
+"""The tier chain, itself a ``BlobBackend``: small tiers, an optional local disk cache, durable.
 
-Reads go down the chain (memory -> Redis -> ... -> durable) and the first tier holding the
-blob serves it. A blob found below is promoted into the upper tiers that accept its size, in
-the background, after the bytes have been handed to the reader. Concurrent misses for one digest
-share one fetch from below (single flight). A tier that raises is skipped for a back-off
-(``TierHealth``), so a dead Redis costs no request its timeout. Writes go to the durable store
-only; the caches fill afterwards.
+Reads go down the chain (memory -> Redis -> local disk cache -> durable) and the first tier
+holding the blob serves it. A blob found below is promoted into the small tiers above that
+accept its size, in the background: ``stat`` (the first call of every GET) starts it, so even
+a blob that is then sent with sendfile lands in memory for the next request. Concurrent
+misses for one digest share one fetch from below (single flight), for small blobs and for
+large ones filling the local disk cache. A tier that raises is skipped for a back-off
+(``TierHealth``), so a dead Redis costs no request its timeout. Writes go to the durable
+store; the caches fill afterwards.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from blobstore import (
     PutResult,
 )
 
+from .disk_cache import DiskCache
 from .events import CacheEvents, NoEvents
 from .health import HealthReport, TierHealth
 from .memory import MemoryTier
@@ -48,23 +51,25 @@ class TieredStore:
         tiers: Sequence[CacheTier],
         durable: BlobBackend,
         *,
+        local_cache: DiskCache | None = None,
         events: CacheEvents | None = None,
-        durable_name: str = "durable",
     ) -> None:
         self.tiers = list(tiers)
+        self.local_cache = local_cache
         self.durable = durable
         self._events = events or NoEvents()
-        self._durable_name = durable_name
-        self._health = {t.name: TierHealth(t.name) for t in self.tiers}
-        self._flights: SingleFlight[Digest, bytes] = SingleFlight()
-        self._background: set[asyncio.Task[None]] = set()
+        named = [*self.tiers, *([local_cache] if local_cache else [])]
+        self._health = {t.name: TierHealth(t.name) for t in named}
+        self._small_flights: SingleFlight[Digest, bytes] = SingleFlight()
+        self._large_flights: SingleFlight[Digest, bool] = SingleFlight()
+        self._background: set[asyncio.Task[object]] = set()
 
     # -- health -------------------------------------------------------------------------------
 
-    def _usable(self) -> list[CacheTier]:
-        return [t for t in self.tiers if self._health[t.name].healthy]
+    def _ok(self, tier: CacheTier | DiskCache) -> bool:
+        return self._health[tier.name].healthy
 
-    async def _guard(self, tier: CacheTier, op: Awaitable[T]) -> T:
+    async def _guard(self, tier: CacheTier | DiskCache, op: Awaitable[T]) -> T:
         try:
             result = await op
         except BlobNotFound:
@@ -80,109 +85,158 @@ class TieredStore:
 
     async def health(self) -> list[HealthReport]:
         """Each tier's state, probing those that are not backing off."""
-        for tier in self._usable():
-            with contextlib.suppress(TierFailed):
-                await self._guard(tier, asyncio.wait_for(tier.ping(), 1.0))
-        return [self._health[t.name].report() for t in self.tiers]
+        for tier in [*self.tiers, *([self.local_cache] if self.local_cache else [])]:
+            if self._ok(tier):
+                with contextlib.suppress(TierFailed):
+                    await self._guard(tier, asyncio.wait_for(tier.ping(), 1.0))
+        return [h.report() for h in self._health.values()]
 
     # -- reads --------------------------------------------------------------------------------
 
     async def stat(self, digest: Digest) -> BlobInfo | None:
-        for tier in self._usable():
+        for i, tier in enumerate(self.tiers):
+            if not self._ok(tier):
+                continue
             try:
                 info = await self._guard(tier, tier.stat(digest))
             except TierFailed:
                 continue
             if info is not None:
+                self._promote(info, tier, self.tiers[:i])
                 return info
-        return await self.durable.stat(digest)
+        found = await self._find_below(digest)
+        if found is None:
+            return None
+        source, info = found
+        self._promote(info, source, self.tiers)
+        return info
+
+    async def _find_below(self, digest: Digest) -> tuple[BlobBackend, BlobInfo] | None:
+        """The local disk cache if it holds the blob, else the durable store."""
+        local = self.local_cache
+        if local is not None and self._ok(local):
+            with contextlib.suppress(TierFailed):
+                info = await self._guard(local, local.stat(digest))
+                if info is not None:
+                    return local, info
+        info = await self.durable.stat(digest)
+        return None if info is None else (self.durable, info)
 
     def local_path(self, digest: Digest) -> Path | None:
-        """The durable file, unless the memory tier already holds the bytes (faster still)."""
+        """The local file to send, unless the memory tier already holds the bytes."""
         if any(isinstance(t, MemoryTier) and digest in t for t in self.tiers):
             return None
+        if self.local_cache is not None:
+            return self.local_cache.local_path(digest)
         return self.durable.local_path(digest)
 
     async def open(
         self, digest: Digest, start: int = 0, end: int | None = None
     ) -> AsyncGenerator[bytes, None]:
-        for i, tier in enumerate(self.tiers):
-            if not self._health[tier.name].healthy:
+        for tier in self.tiers:
+            if not self._ok(tier):
                 continue
             try:
-                data = await self._read_tier(tier, digest, start, end)
+                data = await self._read_whole(tier, digest, start, end)
             except (BlobNotFound, TierFailed):
                 self._events.miss(tier.name)
                 continue
             self._events.hit(tier.name, len(data))
-            if i > 0:
-                self._promote_later(digest, self.tiers[:i])
             yield data
             return
-        info = await self.durable.stat(digest)
-        if info is None:
+        found = await self._find_below(digest)
+        if found is None:
             raise BlobNotFound(str(digest))
-        if any(t.accepts(info.size) for t in self._usable()):
-            data, shared = await self._flights.do(digest, lambda: self._fetch_durable(info))
+        source, info = found
+        if any(t.accepts(info.size) and self._ok(t) for t in self.tiers):
+            data, shared = await self._small_flights.do(
+                digest, lambda: self._fill(info, source, self.tiers)
+            )
             if shared:
                 self._events.flight_joined()
             yield data[start:end]
             return
-        self._events.durable_read()
-        async for chunk in self.durable.open(digest, start, end):
+        async for chunk in self._open_large(info, source is self.local_cache, start, end):
             yield chunk
 
-    async def _read_tier(
+    async def _read_whole(
         self, tier: CacheTier, digest: Digest, start: int, end: int | None
     ) -> bytes:
         """A small tier's bytes, whole, before anything is yielded: a tier failing here
-        never cuts a response short, the next tier serves it instead."""
+        never cuts a response short; the next tier serves it instead."""
 
         async def read() -> bytes:
             return b"".join([c async for c in tier.open(digest, start, end)])
 
         return await self._guard(tier, read())
 
-    async def _fetch_durable(self, info: BlobInfo) -> bytes:
-        """One read from the durable store for every concurrent miss; then fill the caches."""
+    async def _open_large(
+        self, info: BlobInfo, cached: bool, start: int, end: int | None
+    ) -> AsyncGenerator[bytes, None]:
+        local = self.local_cache
+        if local is not None and self._ok(local):
+            if cached:
+                self._events.hit(local.name, (end or info.size) - start)
+            else:
+                self._events.miss(local.name)
+                cached, shared = await self._large_flights.do(
+                    info.digest, lambda: self._fill_local(local, info)
+                )
+                if shared:
+                    self._events.flight_joined()
+            if cached:
+                async for chunk in local.open(info.digest, start, end):
+                    yield chunk
+                return
         self._events.durable_read()
-        data = b"".join([c async for c in self.durable.open(info.digest)])
-        self._events.hit(self._durable_name, len(data))
-        self._admit_later(info, data, self.tiers)
-        return data
+        async for chunk in self.durable.open(info.digest, start, end):
+            yield chunk
+
+    async def _fill_local(self, local: DiskCache, info: BlobInfo) -> bool:
+        """One streaming copy from the durable store into the local cache, verified."""
+        self._events.durable_read()
+        chunks = self.durable.open(info.digest)
+        expected = Expectation(blake3=info.digest)
+        try:
+            await self._guard(local, local.put(chunks, expected, info.content_type))
+        except TierFailed:
+            return False  # e.g. the cache disk is full: serve from the durable store instead
+        self._events.promoted(local.name)
+        return True
 
     # -- promotion ----------------------------------------------------------------------------
 
-    def _spawn(self, coro: Awaitable[None]) -> None:
+    def _spawn(self, coro: Awaitable[object]) -> None:
         task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def _promote_later(self, digest: Digest, upper: Sequence[CacheTier]) -> None:
-        async def promote() -> None:
-            info = await self.stat(digest)
-            if info is None:
-                return
-            chunks = [c async for c in self.open(digest)]
-            self._admit_later(info, b"".join(chunks), upper)
+    def _promote(self, info: BlobInfo, source: BlobBackend, upper: Sequence[CacheTier]) -> None:
+        targets = [t for t in upper if t.accepts(info.size) and self._ok(t)]
+        if targets and not self._small_flights.in_flight(info.digest):
+            self._spawn(
+                self._small_flights.do(info.digest, lambda: self._fill(info, source, targets))
+            )
 
-        if any(self._health[t.name].healthy for t in upper):
-            self._spawn(promote())
+    async def _fill(
+        self, info: BlobInfo, source: BlobBackend, targets: Sequence[CacheTier]
+    ) -> bytes:
+        """Read a small blob once from ``source`` and admit it into ``targets``."""
+        if source is self.durable:
+            self._events.durable_read()
+        data = b"".join([c async for c in source.open(info.digest)])
+        for tier in targets:
+            if tier is not source and tier.accepts(info.size) and self._ok(tier):
+                self._spawn(self._admit(tier, info, data))
+        return data
 
-    def _admit_later(self, info: BlobInfo, data: bytes, tiers: Sequence[CacheTier]) -> None:
-        async def admit(tier: CacheTier) -> None:
-            try:
-                await self._guard(tier, tier.admit(info, data))
-            except TierFailed:
-                return
+    async def _admit(self, tier: CacheTier, info: BlobInfo, data: bytes) -> None:
+        with contextlib.suppress(TierFailed):
+            await self._guard(tier, tier.admit(info, data))
             self._events.promoted(tier.name)
 
-        for tier in tiers:
-            if tier.accepts(info.size) and self._health[tier.name].healthy:
-                self._spawn(admit(tier))
-
     async def drain(self) -> None:
-        """Wait for background promotions (tests and graceful shutdown)."""
+        """Wait for background promotions (tests, graceful shutdown)."""
         while self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
 
@@ -194,15 +248,12 @@ class TieredStore:
         expected: Expectation = NOTHING_EXPECTED,
         content_type: str = DEFAULT_CONTENT_TYPE,
     ) -> PutResult:
-        result = await self.durable.put(chunks, expected, content_type)
-        return result
+        return await self.durable.put(chunks, expected, content_type)
 
     async def delete(self, digest: Digest) -> bool:
-        for tier in self.tiers:
-            try:
+        for tier in [*self.tiers, *([self.local_cache] if self.local_cache else [])]:
+            with contextlib.suppress(TierFailed):
                 await self._guard(tier, tier.delete(digest))
-            except TierFailed:
-                continue
         return await self.durable.delete(digest)
 
     def iter_digests(self) -> AsyncIterator[Digest]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
@@ -44,21 +43,37 @@ def fetch(url: str, method: str = "GET", body: bytes | None = None,
         return err.code, err.read()
 
 
+def _text(stream: bytes | str | None) -> str:
+    if isinstance(stream, bytes):
+        return stream.decode(errors="replace")
+    return stream or ""
+
+
 def run_godot(workdir: Path, args: dict[str, str], timeout: float = 120) -> dict[str, Any]:
     """Runs client.gd and returns its RESULT object; the exit code alone proves nothing."""
-    proc = subprocess.run(
-        [GODOT, "-s", str(CLIENT), "--", *(f"{k}={v}" for k, v in args.items())],
-        cwd=workdir,  # Godot writes logs/ into its working directory
-        capture_output=True,
-        timeout=timeout,
-        check=False,
-    )
-    out = proc.stdout.decode(errors="replace")
+    command = [GODOT, "-s", str(CLIENT), "--", *(f"{k}={v}" for k, v in args.items())]
+    try:
+        proc = subprocess.run(
+            command,
+            cwd=workdir,  # Godot writes logs/ into its working directory
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        # A runtime error in _init skips quit(), and the engine then idles until killed.
+        pytest.fail(
+            f"godot did not exit within {timeout} s\n--- stdout\n{_text(exc.stdout)}\n"
+            f"--- stderr\n{_text(exc.stderr)}"
+        )
+    out, err = _text(proc.stdout), _text(proc.stderr)
+    report = f"exit {proc.returncode}\n--- stdout\n{out}\n--- stderr\n{err}"
     lines = [line for line in out.splitlines() if line.startswith("RESULT ")]
-    assert len(lines) == 1, (
-        f"client.gd printed no RESULT line (a GDScript error?), exit {proc.returncode}\n"
-        f"--- stdout\n{out}\n--- stderr\n{proc.stderr.decode(errors='replace')}"
-    )
+    # Godot exits 0 even on a parse error, so only the script's own line says it ran.
+    assert len(lines) == 1, f"client.gd printed no single RESULT line, {report}"
+    # GDScript carries on after some runtime errors with a null value, so a RESULT line can
+    # still come out of a broken run.
+    assert "SCRIPT ERROR" not in err, f"client.gd raised a script error, {report}"
     result: dict[str, Any] = json.loads(lines[0].removeprefix("RESULT "))
     return result
 
@@ -69,7 +84,9 @@ def test_godot_client_downloads_verifies_and_uploads(
     blob = os.urandom(300 * 1024)
     digest = b3(blob)
     auth = {"Authorization": f"Bearer {live_origin.token}"}
-    status, _ = fetch(f"{live_origin.url}/blobs/{digest}", "PUT", blob, auth)
+    # Explicit, or urllib sends (and the origin stores) application/x-www-form-urlencoded.
+    headers = {**auth, "Content-Type": "application/octet-stream"}
+    status, _ = fetch(f"{live_origin.url}/blobs/{digest}", "PUT", blob, headers)
     assert status == 201
 
     # Zero bytes, 0xFF and CR LF are what a text-only upload path would mangle.
@@ -102,6 +119,7 @@ def test_godot_client_downloads_verifies_and_uploads(
     assert get["content_length"] == get["received"] == len(blob), get
     assert get["repr_sha256"] == get["stream_sha256"] == get["file_sha256"] == sha256, get
     assert get["etag"] == etag
+    assert get["content_type"] == "application/octet-stream"
     assert (tmp_path / "downloaded.bin").read_bytes() == blob
 
     head = result["head"]
