@@ -9,6 +9,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
 from blobstore import (
+    DEFAULT_CONTENT_TYPE,
     BlobInfo,
     BlobNotFound,
     BlobTooLarge,
@@ -33,6 +34,7 @@ IMMUTABLE = "public, max-age=31536000, immutable"
 # Up to this a body is read into memory and sent with the headers in one write; above it,
 # sendfile avoids copying the bytes through Python at all.
 _SENDFILE_MIN = 64 * 1024
+_FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
 
 
 def _digest_param(request: web.Request) -> Digest:
@@ -241,10 +243,17 @@ def _stored(result: PutResult) -> web.Response:
     )
 
 
+def _content_type(request: web.Request) -> str:
+    """The media type to serve the blob with. HTTP libraries label a raw body with form types
+    by default (curl, urllib); those describe the request, not a 3D asset, so they are dropped."""
+    declared = request.content_type
+    return DEFAULT_CONTENT_TYPE if declared in _FORM_TYPES else declared
+
+
 async def _store_body(request: web.Request, expected: Expectation) -> PutResult:
     try:
         return await request.app[STORE].put(
-            request.content.iter_any(), expected, request.content_type
+            request.content.iter_any(), expected, _content_type(request)
         )
     except DigestMismatch as exc:
         raise Problem(

@@ -199,6 +199,16 @@ async def test_post_computes_digest(client: Client) -> None:
     assert await got.read() == data
 
 
+async def test_form_content_types_are_not_kept(client: Client) -> None:
+    """curl --data-binary and urllib label raw bodies as forms; that is not the asset's type."""
+    data = b"glb bytes"
+    headers = {**AUTH, "Content-Type": "application/x-www-form-urlencoded"}
+    resp = await client.post("/blobs", data=data, headers=headers)
+    assert (await resp.json())["content_type"] == "application/octet-stream"
+    got = await client.get(f"/blobs/{b3(data)}")
+    assert got.headers["Content-Type"] == "application/octet-stream"
+
+
 async def test_post_needs_token(client: Client) -> None:
     await problem(await client.post("/blobs", data=b"x"), 401, "unauthorized")
 
