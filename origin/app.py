@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from blobstore import DiskBackend
+from blobstore import Digest, DiskBackend
+from cache import CacheEvents, CacheTier, MemoryTier, RedisTier, TieredStore
 
 from . import blob_routes
-from .appkeys import CONFIG, STORE, TOKENS
+from .appkeys import CONFIG, STORE, TIERS, TOKENS
 from .config import Config
 from .problems import Problem, from_http_exception
 from .tokens import TokenStore
 
 log = logging.getLogger(__name__)
+_PROBE = Digest("0" * 64)  # readiness asks the durable store for a blob that is never there
 
 
 @web.middleware
@@ -66,20 +69,68 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+async def readyz(request: web.Request) -> web.Response:
+    """Ready while the durable store answers; cache tiers that are down make it "degraded"."""
+    tiered = request.app[TIERS]
+    tiers = [asdict(report) for report in await tiered.health()]
+    try:
+        await tiered.durable.stat(_PROBE)
+        durable: dict[str, object] = {"name": "durable", "healthy": True}
+    except Exception as exc:
+        durable = {"name": "durable", "healthy": False, "last_error": str(exc)}
+    all_ok = durable["healthy"] and all(t["healthy"] for t in tiers)
+    status = "ready" if all_ok else "degraded" if durable["healthy"] else "unavailable"
+    body = {"status": status, "tiers": [*tiers, durable]}
+    return web.json_response(body, status=503 if status == "unavailable" else 200)
+
+
+def build_store(config: Config, events: CacheEvents) -> tuple[TieredStore, DiskBackend]:
+    """The embedded default: memory tier (and Redis when configured) over the local disk."""
+    disk = DiskBackend(config.data_dir, chunk_size=config.chunk_size, direct_io=config.direct_io)
+    tiers: list[CacheTier] = []
+    if config.memory_cache_size > 0 and config.memory_max_object > 0:
+        tiers.append(MemoryTier(config.memory_cache_size, config.memory_max_object, events))
+    if config.redis_url:
+        tiers.append(
+            RedisTier(
+                config.redis_url,
+                max_object=config.redis_max_object,
+                prefix=config.redis_prefix,
+                timeout=config.redis_timeout,
+            )
+        )
+    return TieredStore(tiers, disk, events=events), disk
+
+
 def create_app(config: Config) -> web.Application:
+    # Imported here: prometheus-client fixes its multiprocess mode at import (see metrics.py).
+    from . import metrics
+
     # POST /blobs/missing is the only JSON body we read; blob bodies stream and bypass this.
     json_limit = max(1 << 20, config.max_missing_batch * 80)
-    app = web.Application(middlewares=[problem_middleware], client_max_size=json_limit)
+    app = web.Application(
+        middlewares=[metrics.latency_middleware, problem_middleware], client_max_size=json_limit
+    )
     app[CONFIG] = config
-    disk = DiskBackend(config.data_dir, chunk_size=config.chunk_size, direct_io=config.direct_io)
-    app[STORE] = disk
+    tiered, disk = build_store(config, metrics.PrometheusEvents())
+    app[TIERS] = tiered
+    app[STORE] = tiered
     app[TOKENS] = TokenStore(config.data_dir / "tokens.json", config.admin_token)
 
     async def start_store(app: web.Application) -> None:
         swept = await disk.start()
         log.info("data in %s (%d stale temp files swept)", config.data_dir, swept)
 
+    async def stop_store(app: web.Application) -> None:
+        await tiered.drain()
+        for tier in tiered.tiers:
+            if isinstance(tier, RedisTier):
+                await tier.close()
+
     app.on_startup.append(start_store)
+    app.on_cleanup.append(stop_store)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics.metrics_handler)
     blob_routes.add_routes(app)
     return app

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from blobstore import BlobBackend
+from cache import TieredStore
 
 from .config import Config
 from .tokens import TokenStore
@@ -12,3 +13,4 @@ from .tokens import TokenStore
 CONFIG = web.AppKey("config", Config)
 STORE = web.AppKey("store", BlobBackend)
 TOKENS = web.AppKey("tokens", TokenStore)
+TIERS = web.AppKey("tiers", TieredStore)

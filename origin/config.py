@@ -54,6 +54,14 @@ class Config:
     # writeback is the bottleneck of a PUT on virtual disks (docs/DECISIONS.md).
     direct_io: bool = True
     max_missing_batch: int = 10_000
+    # Memory tier: an LRU of whole blobs up to memory_max_object, bounded by memory_cache_size.
+    memory_cache_size: int = _size(256 * MiB)
+    memory_max_object: int = _size(2 * MiB)
+    # Redis tier, shared by all nodes; set redis_url to enable it (redis://host:port/db).
+    redis_url: str | None = None
+    redis_max_object: int = _size(2 * MiB)
+    redis_prefix: str = "origin:blob:"
+    redis_timeout: float = 0.25
     log_level: str = "info"
     # Per-request log lines; off by default because the edge (nginx) keeps the access log.
     access_log: bool = False
@@ -69,6 +77,12 @@ class Config:
             ("chunk_size", 4 * KiB <= self.chunk_size <= 64 * MiB, "must be 4KiB..64MiB"),
             ("max_missing_batch", self.max_missing_batch > 0, "must be positive"),
             ("log_level", self.log_level in LOG_LEVELS, f"must be one of {LOG_LEVELS}"),
+            ("memory_cache_size", self.memory_cache_size >= 0, "must not be negative"),
+            ("memory_max_object", self.memory_max_object >= 0, "must not be negative"),
+            ("redis_url", self.redis_url is None
+             or self.redis_url.startswith(("redis://", "rediss://", "unix://")),
+             "must be a redis://, rediss:// or unix:// URL"),
+            ("redis_timeout", 0 < self.redis_timeout <= 10, "must be in (0, 10] seconds"),
             ("host", bool(self.host), "must not be empty"),
             ("admin_token", self.admin_token is None or len(self.admin_token) >= 16,
              "must be at least 16 characters"),
@@ -105,6 +119,8 @@ def _coerce(f: dataclasses.Field[Any], raw: Any) -> Any:
         if str(raw).lower() in ("0", "false", "no", "off"):
             return False
         raise ValueError(f"expected true or false, got {raw!r}")
+    if kind == "float":
+        return float(raw)
     if kind == "Path":
         return Path(str(raw))
     if isinstance(raw, str | int | float):

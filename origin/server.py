@@ -14,6 +14,7 @@ import multiprocessing
 import multiprocessing.process
 import multiprocessing.queues
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -86,8 +87,17 @@ def configure_logging(config: Config) -> None:
     )
 
 
+def prepare_metrics_dir(config: Config) -> None:
+    """A fresh directory for prometheus-client's per-process files, set before any import."""
+    path = config.data_dir / "metrics"
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+
+
 def serve(config: Config, banner: list[str]) -> int:
     """Run until SIGTERM/SIGINT; prints the URL and ``banner`` once every worker listens."""
+    prepare_metrics_dir(config)
     reserved = reserve_port(config.host, config.port)
     port = reserved.getsockname()[1]
     host = f"[{config.host}]" if ":" in config.host else config.host
