@@ -53,13 +53,14 @@ class TieredStore:
         *,
         local_cache: DiskCache | None = None,
         events: CacheEvents | None = None,
+        retry_cap: float = 30.0,
     ) -> None:
         self.tiers = list(tiers)
         self.local_cache = local_cache
         self.durable = durable
         self._events = events or NoEvents()
         named = [*self.tiers, *([local_cache] if local_cache else [])]
-        self._health = {t.name: TierHealth(t.name) for t in named}
+        self._health = {t.name: TierHealth(t.name, cap=retry_cap) for t in named}
         self._small_flights: SingleFlight[Digest, bytes] = SingleFlight()
         self._large_flights: SingleFlight[Digest, bool] = SingleFlight()
         self._background: set[asyncio.Task[object]] = set()

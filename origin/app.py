@@ -99,7 +99,7 @@ def build_store(config: Config, events: CacheEvents) -> tuple[TieredStore, DiskB
                 timeout=config.redis_timeout,
             )
         )
-    return TieredStore(tiers, disk, events=events), disk
+    return TieredStore(tiers, disk, events=events, retry_cap=config.tier_retry_max), disk
 
 
 def create_app(config: Config) -> web.Application:

@@ -62,6 +62,8 @@ class Config:
     redis_max_object: int = _size(2 * MiB)
     redis_prefix: str = "origin:blob:"
     redis_timeout: float = 0.25
+    # A cache tier that fails is skipped, retried after 0.5 s, 1 s, 2 s ... up to this many.
+    tier_retry_max: float = 30.0
     log_level: str = "info"
     # Per-request log lines; off by default because the edge (nginx) keeps the access log.
     access_log: bool = False

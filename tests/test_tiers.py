@@ -1,0 +1,332 @@
+"""The tier chain against real parts: a private redis-server, real disks, real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import blake3
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from blobstore import BlobInfo, BlobNotFound, Digest, DiskBackend, Expectation
+from cache import DiskCache, MemoryTier, NoEvents, RedisTier, SingleFlight, TieredStore
+from cache.health import TierHealth
+from origin import Config, create_app
+from origin.appkeys import STORE, TIERS
+
+from .conftest import ADMIN_TOKEN
+from .redis_server import RedisServer
+
+
+class CountingEvents(NoEvents):
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+
+    def hit(self, tier: str, nbytes: int) -> None:
+        self.counts[f"hit:{tier}"] += 1
+
+    def miss(self, tier: str) -> None:
+        self.counts[f"miss:{tier}"] += 1
+
+    def promoted(self, tier: str) -> None:
+        self.counts[f"promoted:{tier}"] += 1
+
+    def evicted(self, tier: str, count: int = 1) -> None:
+        self.counts[f"evicted:{tier}"] += count
+
+    def flight_joined(self) -> None:
+        self.counts["joined"] += 1
+
+    def durable_read(self) -> None:
+        self.counts["durable_read"] += 1
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+async def durable(tmp_path: Path) -> DiskBackend:
+    backend = DiskBackend(tmp_path / "durable")
+    await backend.start()
+    return backend
+
+
+async def chunks(data: bytes) -> AsyncIterator[bytes]:
+    for i in range(0, len(data), 1 << 16):
+        yield data[i : i + (1 << 16)]
+    if not data:
+        yield b""
+
+
+async def store_in(
+    backend: DiskBackend, data: bytes, content_type: str = "model/gltf-binary"
+) -> BlobInfo:
+    return (await backend.put(chunks(data), Expectation(), content_type)).info
+
+
+async def read(store: TieredStore, digest: Digest, start: int = 0, end: int | None = None) -> bytes:
+    return b"".join([c async for c in store.open(digest, start, end)])
+
+
+# -- single tiers -----------------------------------------------------------------------------
+
+
+async def test_redis_tier_round_trip(redis_server: RedisServer) -> None:
+    tier = RedisTier(redis_server.url, max_object=1 << 20)
+    try:
+        data = os.urandom(5000)
+        result = await tier.put(chunks(data), Expectation(), "model/gltf+json")
+        digest = result.info.digest
+        assert result.created
+        info = await tier.stat(digest)
+        assert info is not None
+        assert (info.size, info.sha256, info.content_type) == (
+            5000,
+            result.info.sha256,
+            "model/gltf+json",
+        )
+        assert b"".join([c async for c in tier.open(digest)]) == data
+        assert b"".join([c async for c in tier.open(digest, 10, 20)]) == data[10:20]
+        assert [d async for d in tier.iter_digests()] == [digest]
+        empty = await tier.put(chunks(b""))
+        assert b"".join([c async for c in tier.open(empty.info.digest)]) == b""
+        assert await tier.delete(digest)
+        assert await tier.stat(digest) is None
+        with pytest.raises(BlobNotFound):
+            [c async for c in tier.open(digest, 0, 10)]
+        assert not tier.accepts((1 << 20) + 1)
+    finally:
+        await tier.close()
+
+
+async def test_memory_tier_keeps_its_byte_bound() -> None:
+    events = CountingEvents()
+    tier = MemoryTier(max_bytes=10_000, max_object=4000, events=events)
+    infos = []
+    for i in range(10):
+        data = bytes([i]) * 3000
+        infos.append((await tier.put(chunks(data))).info)
+        assert tier.used_bytes <= 10_000
+    assert events.counts["evicted:memory"] == 7  # three 3000-byte entries fit with overhead
+    assert [await tier.stat(i.digest) is not None for i in infos[-3:]] == [True] * 3
+    assert not tier.accepts(4001)
+
+
+async def test_single_flight_shares_one_call() -> None:
+    flights: SingleFlight[str, int] = SingleFlight()
+    calls = 0
+
+    async def slow() -> int:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.05)
+        return 42
+
+    results = await asyncio.gather(*(flights.do("k", slow) for _ in range(20)))
+    assert calls == 1
+    assert [r for r, _ in results] == [42] * 20
+    assert sum(shared for _, shared in results) == 19
+    assert not flights.in_flight("k")
+
+
+def test_tier_health_backs_off_and_recovers(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [100.0]
+    monkeypatch.setattr("cache.health.time.monotonic", lambda: now[0])
+    health = TierHealth("redis", base=1.0, cap=4.0)
+    health.failed(ConnectionError("refused"))
+    assert not health.healthy
+    now[0] += 1.01
+    assert health.healthy  # the probe
+    health.failed(ConnectionError("refused"))
+    now[0] += 1.5
+    assert not health.healthy  # the second back-off is 2 s
+    for _ in range(5):
+        health.failed(ConnectionError("refused"))
+    assert health.report().retry_in == pytest.approx(4.0)  # capped
+    health.succeeded()
+    assert health.healthy
+    assert health.report().healthy
+
+
+# -- the chain --------------------------------------------------------------------------------
+
+
+async def test_hit_miss_and_promotion_per_tier(
+    durable: DiskBackend, redis_server: RedisServer
+) -> None:
+    events = CountingEvents()
+    memory = MemoryTier(1 << 20, 64 << 10, events)
+    redis = RedisTier(redis_server.url, max_object=64 << 10)
+    chain = TieredStore([memory, redis], durable, events=events)
+    try:
+        data = os.urandom(20_000)
+        info = await store_in(durable, data)
+        d = info.digest
+        assert await read(chain, d) == data  # cold: from the durable store
+        assert events.counts["miss:memory"] == events.counts["miss:redis"] == 1
+        assert events.counts["durable_read"] == 1
+        await chain.drain()
+        assert d in memory
+        assert await redis.stat(d) is not None
+        assert await read(chain, d, 100, 200) == data[100:200]
+        assert events.counts["hit:memory"] == 1
+        # Only in Redis: stat finds it there and promotes it to memory in the background.
+        await memory.delete(d)
+        stat = await chain.stat(d)
+        assert stat is not None
+        assert stat.content_type == "model/gltf-binary"
+        await chain.drain()
+        assert d in memory
+        assert events.counts["durable_read"] == 1
+        # Too large for both small tiers: served from below, never admitted.
+        big = await store_in(durable, os.urandom(100_000))
+        assert await read(chain, big.digest) == b"".join(
+            [c async for c in durable.open(big.digest)]
+        )
+        await chain.drain()
+        assert big.digest not in memory
+        assert await redis.stat(big.digest) is None
+    finally:
+        await redis.close()
+
+
+async def test_dead_redis_is_skipped_without_waiting(durable: DiskBackend, tmp_path: Path) -> None:
+    dead = RedisServer(tmp_path / "dead")  # never started: connections are refused
+    redis = RedisTier(dead.url, max_object=1 << 20, timeout=0.25)
+    chain = TieredStore([redis], durable)
+    try:
+        info = await store_in(durable, b"still served")
+        assert await read(chain, info.digest) == b"still served"
+        reports = await chain.health()
+        assert not reports[0].healthy
+        assert reports[0].last_error
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for _ in range(50):  # backing off: Redis is not even asked
+            assert await read(chain, info.digest) == b"still served"
+        assert loop.time() - start < 1.0
+    finally:
+        await redis.close()
+
+
+# -- through HTTP ------------------------------------------------------------------------------
+
+
+async def app_with(config: Config, chain: TieredStore) -> web.Application:
+    app = create_app(config)
+    app[STORE] = chain
+    app[TIERS] = chain
+    return app
+
+
+async def test_hundred_cold_gets_of_64_mib_read_the_durable_store_once(
+    tmp_path: Path, durable: DiskBackend, redis_server: RedisServer
+) -> None:
+    events = CountingEvents()
+    local = DiskCache(tmp_path / "local-cache", 1 << 30, events=events)
+    await local.start()
+    redis = RedisTier(redis_server.url, max_object=1 << 20)
+    chain = TieredStore(
+        [MemoryTier(64 << 20, 1 << 20, events), redis], durable, local_cache=local, events=events
+    )
+    data = os.urandom(1 << 20) * 64
+    info = await store_in(durable, data)
+    config = Config(data_dir=tmp_path / "app", admin_token=ADMIN_TOKEN).validate()
+    try:
+        async with TestClient(TestServer(await app_with(config, chain))) as client:
+
+            async def get() -> tuple[int, int, str]:
+                resp = await client.get(f"/blobs/{info.digest}")
+                hasher = blake3.blake3()
+                size = 0
+                async for chunk in resp.content.iter_chunked(1 << 20):
+                    size += len(chunk)
+                    hasher.update(chunk)
+                return resp.status, size, hasher.hexdigest()
+
+            results = await asyncio.gather(*(get() for _ in range(100)))
+        assert {r for r in results} == {(200, len(data), info.digest.hex)}
+        assert events.counts["durable_read"] == 1
+        assert events.counts["joined"] >= 1
+        assert await local.stat(info.digest) is not None
+    finally:
+        await redis.close()
+        await local.close()
+
+
+async def test_redis_killed_mid_stream_fails_no_request(
+    tmp_path: Path, durable: DiskBackend, redis_server: RedisServer
+) -> None:
+    redis = RedisTier(redis_server.url, max_object=1 << 20, timeout=0.25)
+    chain = TieredStore([redis], durable, retry_cap=1.0)
+    blobs = {}
+    for i in range(20):
+        data = os.urandom(1000 + i)
+        blobs[(await store_in(durable, data)).digest] = data
+    config = Config(data_dir=tmp_path / "app", admin_token=ADMIN_TOKEN).validate()
+    try:
+        async with TestClient(TestServer(await app_with(config, chain))) as client:
+            for d in blobs:  # warm Redis
+                await (await client.get(f"/blobs/{d}")).read()
+            await chain.drain()
+            assert (await (await client.get("/readyz")).json())["status"] == "ready"
+
+            failures = 0
+            served = 0
+
+            async def stream(rounds: int) -> None:
+                nonlocal failures, served
+                for _ in range(rounds):
+                    for d, data in blobs.items():
+                        resp = await client.get(f"/blobs/{d}")
+                        body = await resp.read()
+                        if resp.status != 200 or body != data:
+                            failures += 1
+                        served += 1
+
+            load = asyncio.ensure_future(stream(40))
+            await asyncio.sleep(0.1)
+            redis_server.kill()
+            await load
+            assert served == 800
+            assert failures == 0
+            ready = await (await client.get("/readyz")).json()
+            assert ready["status"] == "degraded"
+            assert [t["healthy"] for t in ready["tiers"]] == [False, True]
+
+            redis_server.start()
+            deadline = asyncio.get_running_loop().time() + 20
+            while (await (await client.get("/readyz")).json())["status"] != "ready":
+                assert asyncio.get_running_loop().time() < deadline, "Redis never came back"
+                await asyncio.sleep(0.2)
+            d, data = next(iter(blobs.items()))
+            assert await (await client.get(f"/blobs/{d}")).read() == data
+            await chain.drain()
+            assert await redis.stat(d) is not None  # filled again
+    finally:
+        await redis.close()
+
+
+async def test_metrics_expose_tiers_and_latency(
+    client: TestClient[web.Request, web.Application],
+) -> None:
+    from .conftest import AUTH
+
+    resp = await client.post("/blobs", data=b"metered", headers=AUTH)
+    digest = (await resp.json())["digest"]
+    for _ in range(3):
+        await (await client.get(f"/blobs/{digest}")).read()
+    text = await (await client.get("/metrics")).text()
+    assert 'origin_cache_hits_total{tier="memory"}' in text
+    assert "origin_durable_reads_total" in text
+    latency = [line for line in text.splitlines() if "request_duration_seconds_count" in line]
+    assert any('route="/blobs/{digest}"' in line and 'status="200"' in line for line in latency)
