@@ -60,12 +60,16 @@ class DiskCache:
         direct_io: bool = True,
         events: CacheEvents | None = None,
         interval: float = 2.0,
+        maintain: bool = True,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.root = root
         self.max_bytes = max_bytes
         self.store = DiskBackend(root, chunk_size=chunk_size, direct_io=direct_io)
         self._events = events or NoEvents()
         self._interval = interval
+        self._maintain_in_background = maintain
+        self._clock = clock
         self._db: sqlite3.Connection | None = None
         self._sql = ThreadPoolExecutor(max_workers=1, thread_name_prefix="disk-cache-index")
         self._touched: dict[str, float] = {}
@@ -95,10 +99,11 @@ class DiskCache:
 
         await asyncio.get_running_loop().run_in_executor(self._sql, connect)
         self._used = await self._in_db(_total_size)
-        self._tasks = [
-            asyncio.create_task(self._maintain()),
-            asyncio.create_task(self._reconcile()),
-        ]
+        if self._maintain_in_background:
+            self._tasks = [
+                asyncio.create_task(self._maintain()),
+                asyncio.create_task(self._reconcile()),
+            ]
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -122,18 +127,18 @@ class DiskCache:
     async def stat(self, digest: Digest) -> BlobInfo | None:
         info = await self.store.stat(digest)
         if info is not None:
-            self._touched[digest.hex] = time.time()
+            self._touched[digest.hex] = self._clock()
         return info
 
     def local_path(self, digest: Digest) -> Path | None:
-        self._touched[digest.hex] = time.time()
+        self._touched[digest.hex] = self._clock()
         return self.store.local_path(digest)
 
     async def open(
         self, digest: Digest, start: int = 0, end: int | None = None
     ) -> AsyncGenerator[bytes, None]:
         with self._pinned(digest):
-            self._touched[digest.hex] = time.time()
+            self._touched[digest.hex] = self._clock()
             async for chunk in self.store.open(digest, start, end):
                 yield chunk
 
@@ -147,7 +152,8 @@ class DiskCache:
         with self._pinned(pin) if pin is not None else contextlib.nullcontext():
             result = await self.store.put(chunks, expected, content_type)
         if result.created:
-            await self._in_db(lambda db: _record(db, result.info.digest.hex, result.info.size))
+            digest_hex, size, now = result.info.digest.hex, result.info.size, self._clock()
+            await self._in_db(lambda db: _record(db, digest_hex, size, now))
             self._used += result.info.size
             if self._used > self.max_bytes:
                 self._wake.set()
@@ -266,10 +272,10 @@ def _total_size(db: sqlite3.Connection) -> int:
     return int(db.execute("SELECT COALESCE(SUM(size), 0) FROM entries").fetchone()[0])
 
 
-def _record(db: sqlite3.Connection, digest_hex: str, size: int, atime: float | None = None) -> None:
+def _record(db: sqlite3.Connection, digest_hex: str, size: int, atime: float) -> None:
     db.execute(
         "INSERT OR REPLACE INTO entries (digest, size, atime) VALUES (?, ?, ?)",
-        (digest_hex, size, time.time() if atime is None else atime),
+        (digest_hex, size, atime),
     )
 
 
