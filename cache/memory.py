@@ -59,6 +59,11 @@ class MemoryTier:
     def __contains__(self, digest: Digest) -> bool:
         return digest in self._lru
 
+    def peek(self, digest: Digest) -> tuple[BlobInfo, bytes] | None:
+        """Synchronous lookup (it cannot block or fail): the hot path of a small GET."""
+        entry = self._lru.get(digest)
+        return None if entry is None else (entry.info, entry.data)
+
     def accepts(self, size: int) -> bool:
         return size <= self.max_object
 

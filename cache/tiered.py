@@ -96,6 +96,11 @@ class TieredStore:
 
     async def stat(self, digest: Digest) -> BlobInfo | None:
         for i, tier in enumerate(self.tiers):
+            if isinstance(tier, MemoryTier):
+                held = tier.peek(digest)
+                if held is not None:
+                    return held[0]
+                continue
             if not self._ok(tier):
                 continue
             try:
@@ -135,6 +140,11 @@ class TieredStore:
         self, digest: Digest, start: int = 0, end: int | None = None
     ) -> AsyncGenerator[bytes, None]:
         for tier in self.tiers:
+            if isinstance(tier, MemoryTier) and (held := tier.peek(digest)) is not None:
+                data = held[1] if start == 0 and end in (None, len(held[1])) else held[1][start:end]
+                self._events.hit(tier.name, len(data))
+                yield data
+                return
             if not self._ok(tier):
                 continue
             try:

@@ -88,7 +88,12 @@ def configure_logging(config: Config) -> None:
 
 
 def prepare_metrics_dir(config: Config) -> None:
-    """A fresh directory for prometheus-client's per-process files, set before any import."""
+    """A fresh directory for prometheus-client's per-process files.
+
+    Only for several workers: they are spawned, so they import prometheus-client after this
+    variable is set, which is when it chooses its multiprocess mode. One worker serving in this
+    process keeps the ordinary in-memory registry.
+    """
     path = config.data_dir / "metrics"
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
@@ -97,7 +102,8 @@ def prepare_metrics_dir(config: Config) -> None:
 
 def serve(config: Config, banner: list[str]) -> int:
     """Run until SIGTERM/SIGINT; prints the URL and ``banner`` once every worker listens."""
-    prepare_metrics_dir(config)
+    if config.workers > 1:
+        prepare_metrics_dir(config)
     reserved = reserve_port(config.host, config.port)
     port = reserved.getsockname()[1]
     host = f"[{config.host}]" if ":" in config.host else config.host
