@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -339,3 +340,28 @@ def test_bad_config_names_the_key(
     assert result.returncode == 2
     assert "configuration error" in result.stderr
     assert message in result.stderr
+
+
+def test_metrics_add_up_across_workers(tmp_path: Path) -> None:
+    origin = LiveOrigin(tmp_path / "d", workers=2).start()
+    try:
+        data = os.urandom(3000)
+        assert http(origin, "PUT", f"/blobs/{b3(data)}", data, auth(origin))[0] == 201
+        for _ in range(40):  # new connections: the kernel spreads them over both workers
+            assert http(origin, "GET", f"/blobs/{b3(data)}") == (200, data)
+        time.sleep(1.5)  # each worker flushes its counts once a second
+        _, body = http(origin, "GET", "/metrics")
+        values = {}
+        for line in body.decode().splitlines():
+            if line.startswith("origin_") and " " in line:
+                name, value = line.rsplit(" ", 1)
+                values[name] = float(value)
+        memory = [values.get(f'origin_cache_{kind}_total{{tier="memory"}}', 0.0)
+                  for kind in ("hits", "misses")]  # fmt: skip
+        assert sum(memory) == 40
+        route = 'method="GET",route="/blobs/{digest}",status="200"'
+        assert values[f"origin_request_duration_seconds_count{{{route}}}"] == 40
+        ready = json.loads(http(origin, "GET", "/readyz")[1])
+        assert ready["status"] == "ready"
+    finally:
+        origin.stop()
