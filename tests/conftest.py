@@ -20,6 +20,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from origin import Config, create_app
 
+from .postgres_server import PostgresServer
+
 ADMIN_TOKEN = "test-admin-token-0123456789"
 Client = TestClient[web.Request, web.Application]
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -136,3 +138,19 @@ def tiny_fs(tmp_path: Path) -> Iterator[Path]:
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    server = PostgresServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """One catalog test suite, run on the embedded default and on PostgreSQL (SERIALIZABLE)."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'catalog.sqlite'}"
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return server.create_database()

@@ -1,1 +1,52 @@
-"""Asset metadata store (SQLAlchemy Core + Alembic). Not built yet: the "Catalog" issue fills it."""
+"""The metadata store: SQLAlchemy Core schema, Alembic migrations and queries.
+
+Runs on CockroachDB (``cockroachdb+asyncpg://``), PostgreSQL (``postgresql+asyncpg://``) and,
+for the embedded default, SQLite (``sqlite+aiosqlite://``). Public interface below.
+"""
+
+from .migrate import (
+    SchemaMismatch,
+    check_schema,
+    current_revision,
+    downgrade,
+    head_revision,
+    upgrade,
+)
+from .records import (
+    Asset,
+    AssetChanges,
+    AssetNotFound,
+    AssetPage,
+    AssetVersion,
+    BlobRecord,
+    CatalogError,
+    TokenRecord,
+    UnknownBlob,
+    VersionConflict,
+)
+from .store import Catalog, create_engine, merge_patch
+from .transactions import CatalogBusy, transaction
+
+__all__ = [
+    "Asset",
+    "AssetChanges",
+    "AssetNotFound",
+    "AssetPage",
+    "AssetVersion",
+    "BlobRecord",
+    "Catalog",
+    "CatalogBusy",
+    "CatalogError",
+    "SchemaMismatch",
+    "TokenRecord",
+    "UnknownBlob",
+    "VersionConflict",
+    "check_schema",
+    "create_engine",
+    "current_revision",
+    "downgrade",
+    "head_revision",
+    "merge_patch",
+    "transaction",
+    "upgrade",
+]

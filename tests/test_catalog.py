@@ -1,0 +1,270 @@
+"""The catalog on SQLite and on a real PostgreSQL at SERIALIZABLE: migrations, queries, retries."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import blake3
+import pytest
+from sqlalchemy import Integer, text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from blobstore import BlobInfo, Digest
+from origin.catalog import (
+    AssetChanges,
+    AssetNotFound,
+    Catalog,
+    SchemaMismatch,
+    UnknownBlob,
+    VersionConflict,
+    check_schema,
+    current_revision,
+    downgrade,
+    head_revision,
+    merge_patch,
+    transaction,
+    upgrade,
+)
+from origin.catalog.schema import metadata
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+async def catalog(catalog_url: str) -> AsyncIterator[Catalog]:
+    cat = Catalog.connect(catalog_url)
+    await upgrade(cat.engine)
+    yield cat
+    await cat.close()
+
+
+def blob_info(data: bytes, content_type: str = "model/gltf-binary") -> BlobInfo:
+    return BlobInfo(
+        Digest(blake3.blake3(data).hexdigest()),
+        len(data),
+        hashlib.sha256(data).digest(),
+        content_type,
+        datetime.now(UTC),
+    )
+
+
+async def a_blob(catalog: Catalog, data: bytes = b"mesh") -> str:
+    info = blob_info(data)
+    await catalog.record_blob(info, {"container": "glb"})
+    return info.digest.hex
+
+
+# -- migrations -------------------------------------------------------------------------------
+
+
+async def test_migrations_from_empty_and_the_serve_check(catalog_url: str) -> None:
+    cat = Catalog.connect(catalog_url)
+    try:
+        with pytest.raises(SchemaMismatch, match="origin db upgrade"):
+            await check_schema(cat.engine)
+        await upgrade(cat.engine)
+        assert await current_revision(cat.engine) == head_revision()
+        await check_schema(cat.engine)
+    finally:
+        await cat.close()
+
+
+async def test_migration_from_previous_revision_keeps_data_and_steps_down(catalog_url: str) -> None:
+    cat = Catalog.connect(catalog_url)
+    try:
+        await upgrade(cat.engine, "0001")
+        with pytest.raises(SchemaMismatch, match=r"revision 0001.*origin db upgrade"):
+            await check_schema(cat.engine)
+        digest = await a_blob(cat)
+        asset = await cat.create_asset(
+            name="chair", kind="prop", blob_digest=digest, attributes={"seats": 1}, owner="ann"
+        )
+        await upgrade(cat.engine)
+        assert await cat.asset(asset.id) == asset
+        await cat.add_token("v" * 64, "t1", "ci", ["write"])
+        await downgrade(cat.engine, "-1")
+        assert await current_revision(cat.engine) == "0001"
+        assert await cat.asset(asset.id) == asset  # one step down keeps 0001's data
+        async with cat.engine.connect() as conn:
+            tables = await conn.run_sync(
+                lambda c: set(__import__("sqlalchemy").inspect(c).get_table_names())
+            )
+        assert "tokens" not in tables
+        assert "assets" in tables
+    finally:
+        await cat.close()
+
+
+async def test_a_newer_schema_is_refused(catalog: Catalog) -> None:
+    async with catalog.engine.begin() as conn:
+        await conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    with pytest.raises(SchemaMismatch, match="newer than this code"):
+        await check_schema(catalog.engine)
+
+
+# -- blobs and assets ---------------------------------------------------------------------------
+
+
+async def test_blobs_are_recorded_once(catalog: Catalog) -> None:
+    info = blob_info(b"abc")
+    await catalog.record_blob(info, None)
+    await catalog.record_blob(info, {"ignored": True})  # the first record stays
+    record = await catalog.blob(info.digest.hex)
+    assert record is not None
+    assert record.size == 3
+    assert record.sha256 == info.sha256.hex()
+    assert record.facts is None
+    assert record.created_at.tzinfo is not None
+
+
+async def test_asset_life_cycle(catalog: Catalog) -> None:
+    digest = await a_blob(catalog)
+    with pytest.raises(UnknownBlob):
+        await catalog.create_asset(
+            name="x", kind="prop", blob_digest="0" * 64, attributes={}, owner="ann"
+        )
+    asset = await catalog.create_asset(
+        name="Chair", kind="prop", blob_digest=digest, attributes={"color": {"r": 1}}, owner="ann"
+    )
+    assert asset.version == 1
+    assert await catalog.asset(asset.id) == asset
+    assert await catalog.asset(uuid.uuid4()) is None
+    newer = await a_blob(catalog, b"mesh v2")
+    patched = await catalog.update_asset(
+        asset.id,
+        AssetChanges(blob_digest=newer, attributes_patch={"color": {"g": 2}, "tags": ["wood"]}),
+        changed_by="bob",
+    )
+    assert patched.version == 2
+    assert patched.blob_digest == newer
+    assert patched.attributes == {"color": {"r": 1, "g": 2}, "tags": ["wood"]}
+    with pytest.raises(VersionConflict):
+        await catalog.update_asset(
+            asset.id, AssetChanges(name="Stool"), changed_by="c", if_version=1
+        )
+    with pytest.raises(UnknownBlob):
+        await catalog.update_asset(asset.id, AssetChanges(blob_digest="1" * 64), changed_by="c")
+    with pytest.raises(AssetNotFound):
+        await catalog.update_asset(uuid.uuid4(), AssetChanges(name="?"), changed_by="c")
+    history = await catalog.versions(asset.id)
+    assert [(v.version, v.blob_digest, v.changed_by) for v in history] == [
+        (1, digest, "ann"),
+        (2, newer, "bob"),
+    ]
+
+
+async def test_listing_filters_and_keyset_pages(catalog: Catalog) -> None:
+    digest = await a_blob(catalog)
+    made = []
+    for i in range(25):
+        made.append(
+            await catalog.create_asset(
+                name=f"{'avatar' if i % 2 else 'world'}_{i:02d}%",
+                kind="avatar" if i % 2 else "world",
+                blob_digest=digest,
+                attributes={},
+                owner="ann" if i < 10 else "bob",
+            )
+        )
+    seen = []
+    after = None
+    while True:
+        page = await catalog.list_assets(after=after, limit=7)
+        seen += page.items
+        if page.next_after is None:
+            break
+        after = page.next_after
+    assert sorted(a.id for a in seen) == sorted(a.id for a in made)
+    assert [a.id for a in seen] == sorted(a.id for a in seen)
+    avatars = await catalog.list_assets(kind="avatar", limit=100)
+    assert {a.kind for a in avatars.items} == {"avatar"}
+    assert len(avatars.items) == 12
+    bobs_worlds = await catalog.list_assets(kind="world", owner="bob", limit=100)
+    assert len(bobs_worlds.items) == 8
+    assert len((await catalog.list_assets(name_prefix="avatar_0", limit=100)).items) == 5
+    assert (await catalog.list_assets(name_prefix="%", limit=100)).items == []  # escaped
+
+
+def test_merge_patch_follows_rfc_7396() -> None:
+    # The examples of RFC 7396, appendix A.
+    assert merge_patch({"a": "b"}, {"a": "c"}) == {"a": "c"}
+    assert merge_patch({"a": "b"}, {"b": "c"}) == {"a": "b", "b": "c"}
+    assert merge_patch({"a": "b"}, {"a": None}) == {}
+    assert merge_patch({"a": [{"b": "c"}]}, {"a": [1]}) == {"a": [1]}
+    assert merge_patch({"e": None}, {"a": 1}) == {"e": None, "a": 1}
+    assert merge_patch({}, {"a": {"bb": {"ccc": None}}}) == {"a": {"bb": {}}}
+
+
+# -- conflicts and retries --------------------------------------------------------------------
+
+
+async def test_racing_updates_all_land_through_retries(
+    catalog: Catalog, catalog_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    digest = await a_blob(catalog)
+    asset = await catalog.create_asset(
+        name="hot", kind="prop", blob_digest=digest, attributes={}, owner="ann"
+    )
+    caplog.set_level(logging.DEBUG, logger="origin.catalog.transactions")
+    results = await asyncio.gather(
+        *(
+            catalog.update_asset(
+                asset.id, AssetChanges(attributes_patch={f"k{i}": i}), changed_by=f"u{i}"
+            )
+            for i in range(12)
+        )
+    )
+    final = await catalog.asset(asset.id)
+    assert final is not None
+    assert final.version == 13
+    assert final.attributes == {f"k{i}": i for i in range(12)}  # no update was lost
+    assert sorted(r.version for r in results) == list(range(2, 14))
+    assert [v.version for v in await catalog.versions(asset.id)] == list(range(1, 14))
+    if catalog_url.startswith("postgresql"):
+        assert "transaction conflict (40001)" in caplog.text
+
+
+async def test_retry_helper_completes_every_conflicting_transaction(
+    catalog: Catalog, catalog_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with catalog.engine.begin() as conn:
+        await conn.execute(text("CREATE TABLE counter (id INTEGER PRIMARY KEY, n INTEGER)"))
+        await conn.execute(text("INSERT INTO counter VALUES (1, 0)"))
+    caplog.set_level(logging.DEBUG, logger="origin.catalog.transactions")
+
+    async def increment(conn: AsyncConnection) -> None:
+        n = (await conn.execute(text("SELECT n FROM counter WHERE id = 1"))).scalar_one()
+        await asyncio.sleep(0.01)  # widen the window so the transactions overlap
+        await conn.execute(text("UPDATE counter SET n = :n WHERE id = 1"), {"n": n + 1})
+
+    await asyncio.gather(*(transaction(catalog.engine, increment, attempts=50) for _ in range(10)))
+    async with catalog.engine.connect() as conn:
+        assert (await conn.execute(text("SELECT n FROM counter"))).scalar_one() == 10
+    if catalog_url.startswith("postgresql"):
+        assert caplog.text.count("transaction conflict (40001)") >= 1
+
+
+# -- CockroachDB rules (docs/COCKROACHDB.md) ---------------------------------------------------
+
+
+def test_no_sequence_or_serial_keys() -> None:
+    for table in metadata.tables.values():
+        for column in table.primary_key.columns:
+            integer_alone = isinstance(column.type, Integer) and len(table.primary_key.columns) == 1
+            assert not integer_alone, f"{table.name}.{column.name} would be a SERIAL hot key"
+
+
+def test_no_advisory_locks_listen_notify_or_stray_transactions() -> None:
+    sources = {p: p.read_text() for p in (REPO / "origin").rglob("*.py")}
+    for path, source in sources.items():
+        assert not re.search(r"pg_advisory|\bLISTEN\b|\bNOTIFY\b", source), path
+        if path.name not in ("transactions.py", "migrate.py"):
+            # Writes go through transaction(), which retries; nothing opens its own.
+            assert "engine.begin()" not in source, path
