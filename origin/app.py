@@ -16,11 +16,12 @@ from blobstore import Digest, DiskBackend
 from cache import CacheEvents, CacheTier, MemoryTier, RedisTier, TieredStore
 
 from . import blob_routes
-from .appkeys import CONFIG, STORE, TIERS, TOKENS
+from .appkeys import CATALOG, CONFIG, STORE, TIERS, TOKENS
+from .catalog import Catalog, check_schema, current_revision, upgrade
 from .config import Config
 from .metrics import PrometheusEvents, flush_periodically, metrics_handler, record_request
 from .problems import Problem, from_http_exception
-from .tokens import TokenStore
+from .tokens import Tokens
 
 log = logging.getLogger(__name__)
 _PROBE = Digest("0" * 64)  # readiness asks the durable store for a blob that is never there
@@ -102,6 +103,19 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response(body, status=503 if status == "unavailable" else 200)
 
 
+async def open_catalog(config: Config, catalog: Catalog) -> None:
+    """Check the schema; the embedded default creates its database on first start.
+
+    A database that has a schema at another revision, or any external database without one,
+    is left to the operator: ``origin db upgrade`` (SchemaMismatch says so).
+    """
+    if config.database_url is None:
+        await asyncio.to_thread(config.data_dir.mkdir, parents=True, exist_ok=True)
+        if await current_revision(catalog.engine) is None:
+            await upgrade(catalog.engine)
+    await check_schema(catalog.engine)
+
+
 def build_store(config: Config, events: CacheEvents) -> tuple[TieredStore, DiskBackend]:
     """The embedded default: memory tier (and Redis when configured) over the local disk."""
     disk = DiskBackend(config.data_dir, chunk_size=config.chunk_size, direct_io=config.direct_io)
@@ -128,9 +142,12 @@ def create_app(config: Config) -> web.Application:
     tiered, disk = build_store(config, PrometheusEvents())
     app[TIERS] = tiered
     app[STORE] = tiered
-    app[TOKENS] = TokenStore(config.data_dir / "tokens.json", config.admin_token)
+    catalog = Catalog.connect(config.catalog_url)
+    app[CATALOG] = catalog
+    app[TOKENS] = Tokens(catalog, config.admin_token)
 
     async def start_store(app: web.Application) -> None:
+        await open_catalog(config, catalog)
         swept = await disk.start()
         log.info("data in %s (%d stale temp files swept)", config.data_dir, swept)
 
@@ -142,6 +159,7 @@ def create_app(config: Config) -> web.Application:
             await task
 
     async def stop_store(app: web.Application) -> None:
+        await catalog.close()
         await tiered.drain()
         for tier in tiered.tiers:
             if isinstance(tier, RedisTier):

@@ -7,10 +7,12 @@ from aiohttp import web
 from blobstore import BlobBackend
 from cache import TieredStore
 
+from .catalog import Catalog
 from .config import Config
-from .tokens import TokenStore
+from .tokens import Tokens
 
 CONFIG = web.AppKey("config", Config)
 STORE = web.AppKey("store", BlobBackend)
-TOKENS = web.AppKey("tokens", TokenStore)
+TOKENS = web.AppKey("tokens", Tokens)
+CATALOG = web.AppKey("catalog", Catalog)
 TIERS = web.AppKey("tiers", TieredStore)

@@ -1,14 +1,17 @@
-"""The ``origin`` command: ``serve`` and the operator's ``token`` tools."""
+"""The ``origin`` command: ``serve``, and the operator's ``db`` and ``token`` tools."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from pathlib import Path
 
+from .app import open_catalog
+from .catalog import Catalog, SchemaMismatch, current_revision, downgrade, head_revision, upgrade
 from .config import Config, ConfigError, load_config
 from .server import configure_logging, serve
-from .tokens import SCOPES, TokenStore
+from .tokens import SCOPES, Tokens
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -23,6 +26,13 @@ def _parser() -> argparse.ArgumentParser:
     serve_p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve_p.add_argument("--port", type=int, help="port to listen on; 0 picks a free one")
     serve_p.add_argument("--workers", type=int, help="processes sharing the port (SO_REUSEPORT)")
+
+    db_p = sub.add_parser("db", help="the catalog's schema")
+    db_sub = db_p.add_subparsers(dest="db_command", required=True)
+    db_sub.add_parser("upgrade", help="migrate to this code's schema (and import tokens.json)")
+    down = db_sub.add_parser("downgrade", help="migrate down, e.g. to -1 or a revision")
+    down.add_argument("revision")
+    db_sub.add_parser("current", help="print the schema revision of the database and the code")
 
     token_p = sub.add_parser("token", help="create, list and revoke bearer tokens")
     token_sub = token_p.add_subparsers(dest="token_command", required=True)
@@ -47,38 +57,76 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"origin: configuration error: {exc}", file=sys.stderr)
         return 2
-    if args.command == "serve":
-        configure_logging(config)
-        return serve(config, _admin_banner(config))
-    return _token_command(args, TokenStore(config.data_dir / "tokens.json"))
+    configure_logging(config)
+    try:
+        if args.command == "serve":
+            banner = asyncio.run(_prepare(config))
+            return serve(config, banner)
+        if args.command == "db":
+            return asyncio.run(_db_command(args, config))
+        return asyncio.run(_token_command(args, config))
+    except SchemaMismatch as exc:
+        print(f"origin: {exc}", file=sys.stderr)
+        return 2
 
 
-def _admin_banner(config: Config) -> list[str]:
-    """On first start, create an admin token and say it once; later starts only remind."""
-    if config.admin_token:
-        return ["admin token: from ORIGIN_ADMIN_TOKEN"]
-    store = TokenStore(config.data_dir / "tokens.json")
-    if store.has_admin():
-        return ["admin token: created at first start (origin token create makes more)"]
-    _token, secret = store.create("admin", ("admin",))
-    return [f"admin token (shown once, store it now): {secret}"]
+async def _prepare(config: Config) -> list[str]:
+    """Before the workers start: the schema is right, and there is a way to log in."""
+    catalog = Catalog.connect(config.catalog_url)
+    try:
+        await open_catalog(config, catalog)
+        tokens = Tokens(catalog)
+        await tokens.import_file(config.data_dir / "tokens.json")
+        if config.admin_token:
+            return ["admin token: from ORIGIN_ADMIN_TOKEN"]
+        if await tokens.has_admin():
+            return ["admin token: created at first start (origin token create makes more)"]
+        _token, secret = await tokens.create("admin", ("admin",))
+        return [f"admin token (shown once, store it now): {secret}"]
+    finally:
+        await catalog.close()
 
 
-def _token_command(args: argparse.Namespace, store: TokenStore) -> int:
-    if args.token_command == "create":
-        token, secret = store.create(args.subject, tuple(args.scope))
-        print(f"id {token.id} subject {token.subject} scopes {','.join(token.scopes)}")
-        print(secret)
+async def _db_command(args: argparse.Namespace, config: Config) -> int:
+    catalog = Catalog.connect(config.catalog_url)
+    try:
+        if args.db_command == "upgrade":
+            config.data_dir.mkdir(parents=True, exist_ok=True)
+            await upgrade(catalog.engine)
+            imported = await Tokens(catalog).import_file(config.data_dir / "tokens.json")
+            print(f"schema at {await current_revision(catalog.engine)}", end="")
+            print(f"; imported {imported} token(s) from tokens.json" if imported else "")
+        elif args.db_command == "downgrade":
+            await downgrade(catalog.engine, args.revision)
+            print(f"schema at {await current_revision(catalog.engine)}")
+        else:
+            print(f"database {await current_revision(catalog.engine)} code {head_revision()}")
         return 0
-    if args.token_command == "list":
-        for token in store.list():
-            print(f"{token.id}\t{token.subject}\t{','.join(token.scopes)}\t{token.created_at}")
-        return 0
-    if store.revoke(args.id):
-        print(f"revoked {args.id}")
-        return 0
-    print(f"origin: no token with id {args.id}", file=sys.stderr)
-    return 1
+    finally:
+        await catalog.close()
+
+
+async def _token_command(args: argparse.Namespace, config: Config) -> int:
+    catalog = Catalog.connect(config.catalog_url)
+    try:
+        await open_catalog(config, catalog)
+        tokens = Tokens(catalog)
+        if args.token_command == "create":
+            token, secret = await tokens.create(args.subject, tuple(args.scope))
+            print(f"id {token.id} subject {token.subject} scopes {','.join(token.scopes)}")
+            print(secret)
+            return 0
+        if args.token_command == "list":
+            for token in await tokens.list():
+                print(f"{token.id}\t{token.subject}\t{','.join(token.scopes)}")
+            return 0
+        if await tokens.revoke(args.id):
+            print(f"revoked {args.id}")
+            return 0
+        print(f"origin: no token with id {args.id}", file=sys.stderr)
+        return 1
+    finally:
+        await catalog.close()
 
 
 if __name__ == "__main__":

@@ -41,6 +41,9 @@ class Config:
     host: str = "127.0.0.1"
     port: int = 8080
     data_dir: Path = Path("data")
+    # The catalog: cockroachdb+asyncpg://, postgresql+asyncpg:// or sqlite+aiosqlite:// URL;
+    # unset means SQLite in data_dir (the embedded default).
+    database_url: str | None = field(default=None, repr=False)
     workers: int = 1
     # Largest blob accepted by PUT and POST; larger bodies get 413.
     max_blob_size: int = _size(16 * GiB)
@@ -70,6 +73,10 @@ class Config:
     # Admin bearer token given by the operator instead of the generated one; never in a file.
     admin_token: str | None = field(default=None, repr=False)
 
+    @property
+    def catalog_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'catalog.sqlite'}"
+
     def validate(self) -> Config:
         checks: list[tuple[str, bool, str]] = [
             ("port", 0 <= self.port <= 65535, "must be between 0 and 65535"),
@@ -85,6 +92,9 @@ class Config:
              or self.redis_url.startswith(("redis://", "rediss://", "unix://")),
              "must be a redis://, rediss:// or unix:// URL"),
             ("redis_timeout", 0 < self.redis_timeout <= 10, "must be in (0, 10] seconds"),
+            ("database_url", self.database_url is None or self.database_url.startswith(
+                ("cockroachdb+asyncpg://", "postgresql+asyncpg://", "sqlite+aiosqlite://")),
+             "must be a cockroachdb+asyncpg://, postgresql+asyncpg:// or sqlite+aiosqlite:// URL"),
             ("host", bool(self.host), "must not be empty"),
             ("admin_token", self.admin_token is None or len(self.admin_token) >= 16,
              "must be at least 16 characters"),
