@@ -15,9 +15,9 @@ from aiohttp.typedefs import Handler
 from blobstore import Digest, DiskBackend
 from cache import CacheEvents, CacheTier, MemoryTier, RedisTier, TieredStore
 
-from . import blob_routes
+from . import asset_routes, blob_routes
 from .appkeys import CATALOG, CONFIG, STORE, TIERS, TOKENS
-from .catalog import Catalog, check_schema, current_revision, upgrade
+from .catalog import Catalog, CatalogBusy, check_schema, current_revision, upgrade
 from .config import Config
 from .metrics import PrometheusEvents, flush_periodically, metrics_handler, record_request
 from .problems import Problem, from_http_exception
@@ -44,6 +44,9 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
             record_request(request, exc.status, start)
             raise
         response = await _problem_response(request, from_http_exception(exc))
+    except CatalogBusy as exc:
+        problem = Problem(503, "busy", "Try again", str(exc), headers={"Retry-After": "1"})
+        response = await _problem_response(request, problem)
     except ConnectionError:
         raise
     except Exception:
@@ -172,4 +175,5 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
     blob_routes.add_routes(app)
+    asset_routes.add_routes(app)
     return app

@@ -23,7 +23,7 @@ from blobstore import (
 )
 
 from . import problems
-from .appkeys import CONFIG, STORE
+from .appkeys import CATALOG, CONFIG, STORE
 from .auth import require
 from .digest_fields import DigestFieldError, format_sha256, parse_sha256
 from .etags import if_range_allows, none_match
@@ -251,6 +251,19 @@ def _content_type(request: web.Request) -> str:
 
 
 async def _store_body(request: web.Request, expected: Expectation) -> PutResult:
+    """Store, then record in the catalog; the answer waits for both."""
+    result = await _put(request, expected)
+    await _record(request, result.info)
+    return result
+
+
+async def _record(request: web.Request, info: BlobInfo) -> None:
+    # Idempotent: a blob stored by an upload whose catalog write failed is recorded by the
+    # next upload of the same bytes (or healed by POST /assets).
+    await request.app[CATALOG].record_blob(info)
+
+
+async def _put(request: web.Request, expected: Expectation) -> PutResult:
     try:
         return await request.app[STORE].put(
             request.content.iter_any(), expected, _content_type(request)
@@ -282,6 +295,7 @@ async def put_blob(request: web.Request) -> web.Response:
             read += len(chunk)
             if expected.max_size is not None and read > expected.max_size:
                 raise problems.too_large(expected.max_size)
+        await _record(request, info)
         return _stored(PutResult(info, created=False))
     return _stored(await _store_body(request, expected))
 

@@ -1,0 +1,237 @@
+"""The asset rows of the HTTP contract: create, read (JSON-LD), patch, list, content."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+
+from aiohttp import web
+
+from blobstore import Digest, DigestError
+
+from . import problems
+from .appkeys import CATALOG, STORE
+from .auth import require
+from .catalog import Asset, AssetChanges, AssetNotFound, UnknownBlob, VersionConflict
+from .jsonld import LD_JSON, asset_document, asset_json
+from .problems import Problem
+
+_KIND = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+_MAX_NAME = 512
+_MAX_PAGE = 500
+_JSON_TYPES = ("application/json", "application/merge-patch+json")
+
+
+def _asset_id(request: web.Request) -> uuid.UUID:
+    try:
+        return uuid.UUID(request.match_info["asset_id"])
+    except ValueError:
+        raise problems.not_found(f"no asset {request.match_info['asset_id']!r}") from None
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    if request.content_type not in _JSON_TYPES:
+        raise problems.bad_request("bad-json", "send the body as application/json")
+    try:
+        doc = await request.json()
+    except ValueError as exc:
+        raise problems.bad_request("bad-json", f"the body is not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise problems.bad_request("bad-json", "the body must be a JSON object")
+    return doc
+
+
+def _field(doc: dict[str, Any], key: str, kind: type, *, required: bool) -> Any:
+    if key not in doc:
+        if required:
+            raise problems.bad_request("bad-json", f"{key!r} is required")
+        return None
+    value = doc[key]
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise problems.bad_request("bad-json", f"{key!r} must be a {kind.__name__}")
+    return value
+
+
+def _name(value: Any) -> Any:
+    if value is not None and not 0 < len(value) <= _MAX_NAME:
+        raise problems.bad_request("bad-json", f"'name' must be 1 to {_MAX_NAME} characters")
+    return value
+
+
+def _blob(value: Any) -> Any:
+    if value is None:
+        return None
+    try:
+        return Digest(value).hex
+    except DigestError as exc:
+        raise problems.bad_request("bad-digest", str(exc)) from None
+
+
+async def _heal_unknown_blob(request: web.Request, digest: str) -> bool:
+    """A blob the store holds but the catalog missed (a crash between the two): record it."""
+    info = await request.app[STORE].stat(Digest(digest))
+    if info is None:
+        return False
+    await request.app[CATALOG].record_blob(info)
+    return True
+
+
+def _unknown_blob(exc: UnknownBlob) -> Problem:
+    return Problem(422, "unknown-blob", "Unknown blob", str(exc), extra={"blob": exc.digest})
+
+
+def _wants_plain_json(request: web.Request) -> bool:
+    accept = request.headers.get("Accept", "")
+    return "application/json" in accept and LD_JSON not in accept
+
+
+async def _render(request: web.Request, asset: Asset, status: int = 200) -> web.Response:
+    blob = await request.app[CATALOG].blob(asset.blob_digest)
+    headers = {"ETag": f'"{asset.id}.{asset.version}"', "Vary": "Accept"}
+    if _wants_plain_json(request):
+        return web.json_response(asset_json(asset, blob), status=status, headers=headers)
+    base = f"{request.scheme}://{request.host}"
+    return web.json_response(
+        asset_document(asset, blob, base), status=status, headers=headers, content_type=LD_JSON
+    )
+
+
+async def create_asset(request: web.Request) -> web.Response:
+    token = await require(request, "write")
+    doc = await _json_object(request)
+    name: str = _name(_field(doc, "name", str, required=True))
+    kind: str = _field(doc, "kind", str, required=True)
+    if not _KIND.fullmatch(kind):
+        raise problems.bad_request("bad-json", "'kind' must match [a-z0-9][a-z0-9_.-]{0,63}")
+    digest: str = _blob(_field(doc, "blob", str, required=True))
+    attributes = _field(doc, "attributes", dict, required=False) or {}
+    catalog = request.app[CATALOG]
+
+    async def create() -> Asset:
+        return await catalog.create_asset(
+            name=name, kind=kind, blob_digest=digest, attributes=attributes, owner=token.subject
+        )
+
+    try:
+        asset = await create()
+    except UnknownBlob as exc:
+        if not await _heal_unknown_blob(request, digest):
+            raise _unknown_blob(exc) from None
+        asset = await create()
+    response = await _render(request, asset, status=201)
+    response.headers["Location"] = f"/assets/{asset.id}"
+    return response
+
+
+async def get_asset(request: web.Request) -> web.Response:
+    asset = await request.app[CATALOG].asset(_asset_id(request))
+    if asset is None:
+        raise problems.not_found(f"no asset {request.match_info['asset_id']}")
+    return await _render(request, asset)
+
+
+async def patch_asset(request: web.Request) -> web.Response:
+    token = await require(request, "write")
+    asset_id = _asset_id(request)
+    doc = await _json_object(request)
+    unknown = set(doc) - {"name", "blob", "attributes", "version"}
+    if unknown:
+        raise problems.bad_request("bad-json", f"unknown fields: {sorted(unknown)}")
+    changes = AssetChanges(
+        name=_name(_field(doc, "name", str, required=False)),
+        blob_digest=_blob(_field(doc, "blob", str, required=False)),
+        attributes_patch=_field(doc, "attributes", dict, required=False),
+    )
+    expected = _field(doc, "version", int, required=False)
+    catalog = request.app[CATALOG]
+    current = await catalog.asset(asset_id)
+    if current is None:
+        raise problems.not_found(f"no asset {asset_id}")
+    if current.owner != token.subject and not token.allows("admin"):
+        raise problems.forbidden("admin")
+
+    async def update() -> Asset:
+        return await catalog.update_asset(
+            asset_id, changes, changed_by=token.subject, if_version=expected
+        )
+
+    try:
+        try:
+            asset = await update()
+        except UnknownBlob as exc:
+            if changes.blob_digest is None or not await _heal_unknown_blob(request, exc.digest):
+                raise _unknown_blob(exc) from None
+            asset = await update()
+    except AssetNotFound:
+        raise problems.not_found(f"no asset {asset_id}") from None
+    except VersionConflict as exc:
+        raise Problem(
+            409, "version-conflict", "Version conflict", str(exc),
+            extra={"expected": exc.expected, "current": exc.current},
+        ) from None  # fmt: skip
+    return await _render(request, asset)
+
+
+async def list_assets(request: web.Request) -> web.Response:
+    query = request.query
+    try:
+        limit = int(query.get("limit", "50"))
+        after = uuid.UUID(query["after"]) if "after" in query else None
+    except ValueError:
+        raise problems.bad_request(
+            "bad-query", "limit must be a number, after an asset id"
+        ) from None
+    if not 1 <= limit <= _MAX_PAGE:
+        raise problems.bad_request("bad-query", f"limit must be 1 to {_MAX_PAGE}")
+    page = await request.app[CATALOG].list_assets(
+        kind=query.get("kind"),
+        owner=query.get("owner"),
+        name_prefix=query.get("name"),
+        after=after,
+        limit=limit,
+    )
+    body: dict[str, Any] = {"items": [asset_json(a) for a in page.items], "next": None}
+    if page.next_after is not None:
+        body["next"] = str(request.rel_url.update_query(after=str(page.next_after)))
+    return web.json_response(body)
+
+
+async def asset_versions(request: web.Request) -> web.Response:
+    asset_id = _asset_id(request)
+    versions = await request.app[CATALOG].versions(asset_id)
+    if not versions:
+        raise problems.not_found(f"no asset {asset_id}")
+    return web.json_response(
+        {
+            "versions": [
+                {
+                    "version": v.version, "name": v.name, "blob": v.blob_digest,
+                    "attributes": v.attributes, "changed_by": v.changed_by,
+                    "created_at": v.created_at.isoformat(),
+                }
+                for v in versions
+            ]
+        }
+    )  # fmt: skip
+
+
+async def asset_content(request: web.Request) -> web.Response:
+    """A redirect to the immutable blob URL, so edges cache the bytes under one name."""
+    asset = await request.app[CATALOG].asset(_asset_id(request))
+    if asset is None:
+        raise problems.not_found(f"no asset {request.match_info['asset_id']}")
+    return web.Response(
+        status=302,
+        headers={"Location": f"/blobs/{asset.blob_digest}", "Cache-Control": "no-cache"},
+    )
+
+
+def add_routes(app: web.Application) -> None:
+    router = app.router
+    router.add_post("/assets", create_asset)
+    router.add_get("/assets", list_assets)
+    router.add_get("/assets/{asset_id}", get_asset)
+    router.add_patch("/assets/{asset_id}", patch_asset)
+    router.add_get("/assets/{asset_id}/versions", asset_versions)
+    router.add_get("/assets/{asset_id}/content", asset_content)
