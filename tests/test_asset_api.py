@@ -1,0 +1,259 @@
+"""Every asset row of the contract, each error included, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from pyld import jsonld
+
+from origin import Config, create_app
+from origin.appkeys import TOKENS
+from origin.catalog import Catalog, upgrade
+
+from .conftest import ADMIN_TOKEN, AUTH, Client
+
+SCHEMA = "https://schema.org/"
+
+
+@pytest.fixture
+async def api(catalog_url: str, tmp_path: Path) -> AsyncIterator[Client]:
+    catalog = Catalog.connect(catalog_url)
+    await upgrade(catalog.engine)
+    await catalog.close()
+    config = Config(
+        data_dir=tmp_path / "data", admin_token=ADMIN_TOKEN, database_url=catalog_url
+    ).validate()
+    async with TestClient(TestServer(create_app(config))) as client:
+        yield client
+
+
+async def upload(api: Client, data: bytes | None = None) -> str:
+    resp = await api.post("/blobs", data=data or os.urandom(1000), headers=AUTH)
+    assert resp.status in (200, 201)
+    digest: str = (await resp.json())["digest"]
+    return digest
+
+
+async def create(api: Client, **fields: object) -> dict[str, Any]:
+    body = {"name": "Chair", "kind": "prop", "blob": await upload(api), **fields}
+    resp = await api.post("/assets", json=body, headers=AUTH)
+    assert resp.status == 201, await resp.text()
+    doc: dict[str, Any] = await resp.json(content_type=None)
+    return doc
+
+
+async def problem(resp: object, status: int, slug: str) -> None:
+    from aiohttp import ClientResponse
+
+    assert isinstance(resp, ClientResponse)
+    body = await resp.json(content_type=None)
+    assert resp.status == status, body
+    assert resp.content_type == "application/problem+json"
+    assert body["type"] == f"/problems/{slug}"
+
+
+# -- POST /assets -----------------------------------------------------------------------------
+
+
+async def test_create_answers_json_ld(api: Client) -> None:
+    digest = await upload(api, b"glb-ish bytes")
+    body = {"name": "Chair", "kind": "prop", "blob": digest, "attributes": {"seats": 1}}
+    resp = await api.post("/assets", json=body, headers=AUTH)
+    assert resp.status == 201
+    assert resp.content_type == "application/ld+json"
+    doc = await resp.json(content_type=None)
+    assert resp.headers["Location"] == f"/assets/{doc['identifier']}"
+    assert doc["@type"] == "3DModel"
+    assert doc["name"] == "Chair"
+    assert doc["contentUrl"].endswith(f"/blobs/{digest}")
+    assert doc["contentSize"] == len(b"glb-ish bytes")
+    assert doc["version"] == 1
+    assert doc["author"]["identifier"] == "admin"
+    assert doc["attributes"] == {"seats": 1}
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "slug"),
+    [
+        ({"name": "x", "kind": "prop", "blob": "0" * 64}, 422, "unknown-blob"),
+        ({"name": "x", "kind": "prop"}, 400, "bad-json"),
+        ({"name": "", "kind": "prop", "blob": "0" * 64}, 400, "bad-json"),
+        ({"name": "x", "kind": "Bad Kind", "blob": "0" * 64}, 400, "bad-json"),
+        ({"name": "x", "kind": "prop", "blob": "nope"}, 400, "bad-digest"),
+        ({"name": "x", "kind": "prop", "blob": "0" * 64, "attributes": [1]}, 400, "bad-json"),
+        ({"name": 5, "kind": "prop", "blob": "0" * 64}, 400, "bad-json"),
+    ],
+)
+async def test_create_errors(api: Client, body: dict[str, object], status: int, slug: str) -> None:
+    await problem(await api.post("/assets", json=body, headers=AUTH), status, slug)
+
+
+async def test_create_needs_json_and_a_token(api: Client) -> None:
+    resp = await api.post(
+        "/assets", data=b"{nope", headers={**AUTH, "Content-Type": "application/json"}
+    )
+    await problem(resp, 400, "bad-json")
+    await problem(await api.post("/assets", json={}), 401, "unauthorized")
+
+
+# -- GET /assets/{id} -------------------------------------------------------------------------
+
+
+async def test_get_json_ld_expands_with_schema_org_terms(api: Client) -> None:
+    made = await create(api, attributes={"polys": 1200, "tags": ["wood"]})
+    resp = await api.get(f"/assets/{made['identifier']}")
+    assert resp.status == 200
+    assert resp.content_type == "application/ld+json"
+    doc = await resp.json(content_type=None)
+    expanded = await asyncio.to_thread(jsonld.expand, doc)
+    (node,) = expanded
+    assert node["@type"] == [f"{SCHEMA}3DModel"]
+    assert node[f"{SCHEMA}name"] == [{"@value": "Chair"}]
+    assert node[f"{SCHEMA}contentUrl"][0]["@id"].endswith(f"/blobs/{made['contentUrl'][-64:]}")
+    for term in ("encodingFormat", "sha256", "dateCreated", "dateModified", "author", "version"):
+        assert f"{SCHEMA}{term}" in node, term
+    attributes = node["urn:asset-origin:vocab:attributes"][0]
+    assert attributes == {"@type": "@json", "@value": {"polys": 1200, "tags": ["wood"]}}
+
+
+async def test_get_plain_json_on_request_and_404s(api: Client) -> None:
+    made = await create(api)
+    resp = await api.get(f"/assets/{made['identifier']}", headers={"Accept": "application/json"})
+    assert resp.content_type == "application/json"
+    doc = await resp.json()
+    assert doc["id"] == made["identifier"]
+    assert doc["kind"] == "prop"
+    await problem(await api.get(f"/assets/{uuid.uuid4()}"), 404, "not-found")
+    await problem(await api.get("/assets/not-a-uuid"), 404, "not-found")
+
+
+# -- PATCH ------------------------------------------------------------------------------------
+
+
+async def test_patch_makes_versions(api: Client) -> None:
+    made = await create(api, attributes={"a": 1, "b": 2})
+    url = f"/assets/{made['identifier']}"
+    newer = await upload(api)
+    resp = await api.patch(
+        url, json={"blob": newer, "attributes": {"b": None, "c": 3}, "name": "Stool"}, headers=AUTH
+    )
+    assert resp.status == 200
+    doc = await resp.json(content_type=None)
+    assert doc["version"] == 2
+    assert doc["name"] == "Stool"
+    assert doc["attributes"] == {"a": 1, "c": 3}
+    assert doc["contentUrl"].endswith(newer)
+    versions = await (await api.get(f"{url}/versions")).json()
+    assert [v["version"] for v in versions["versions"]] == [1, 2]
+    assert versions["versions"][0]["name"] == "Chair"
+
+
+async def test_patch_errors(api: Client) -> None:
+    made = await create(api)
+    url = f"/assets/{made['identifier']}"
+    await problem(
+        await api.patch(url, json={"version": 7, "name": "x"}, headers=AUTH),
+        409,
+        "version-conflict",
+    )
+    await problem(await api.patch(url, json={"blob": "1" * 64}, headers=AUTH), 422, "unknown-blob")
+    await problem(await api.patch(url, json={"colour": "red"}, headers=AUTH), 400, "bad-json")
+    bad = await api.patch(url, data=b"{", headers={**AUTH, "Content-Type": "application/json"})
+    await problem(bad, 400, "bad-json")
+    await problem(
+        await api.patch(f"/assets/{uuid.uuid4()}", json={}, headers=AUTH), 404, "not-found"
+    )
+    await problem(await api.patch(url, json={"name": "x"}), 401, "unauthorized")
+    _token, other = await api.app[TOKENS].create("someone-else", ("write",))
+    resp = await api.patch(url, json={"name": "x"}, headers={"Authorization": f"Bearer {other}"})
+    await problem(resp, 403, "forbidden")
+
+
+async def test_racing_patches_never_lose_an_update(api: Client) -> None:
+    made = await create(api)
+    url = f"/assets/{made['identifier']}"
+    both = await asyncio.gather(
+        *(api.patch(url, json={"attributes": {f"k{i}": i}}, headers=AUTH) for i in range(2))
+    )
+    assert [r.status for r in both] == [200, 200]
+    doc = await (await api.get(url, headers={"Accept": "application/json"})).json()
+    assert doc["version"] == 3
+    assert doc["attributes"] == {"k0": 0, "k1": 1}
+    # With the version they read, one wins and the other is told: never silently overwritten.
+    racing = await asyncio.gather(
+        *(api.patch(url, json={"version": 3, "name": f"n{i}"}, headers=AUTH) for i in range(2))
+    )
+    assert sorted(r.status for r in racing) == [200, 409]
+    history = await (await api.get(f"{url}/versions")).json()
+    assert len(history["versions"]) == 4
+
+
+# -- listing and content ----------------------------------------------------------------------
+
+
+async def test_list_filters_and_pages(api: Client) -> None:
+    digest = await upload(api)
+    for i in range(7):
+        body = {
+            "name": f"{'avatar' if i < 3 else 'world'}-{i}",
+            "kind": "avatar" if i < 3 else "world",
+            "blob": digest,
+        }
+        assert (await api.post("/assets", json=body, headers=AUTH)).status == 201
+    seen: list[str] = []
+    url: str | None = "/assets?limit=3"
+    while url:
+        page = await (await api.get(url)).json()
+        assert len(page["items"]) <= 3
+        seen += [item["id"] for item in page["items"]]
+        url = page["next"]
+    assert len(seen) == len(set(seen)) == 7
+    worlds = await (await api.get("/assets?kind=world")).json()
+    assert {i["kind"] for i in worlds["items"]} == {"world"}
+    assert len(worlds["items"]) == 4
+    named = await (await api.get("/assets?name=avatar-")).json()
+    assert len(named["items"]) == 3
+    mine = await (await api.get("/assets?owner=admin&kind=avatar")).json()
+    assert len(mine["items"]) == 3
+    await problem(await api.get("/assets?limit=0"), 400, "bad-query")
+    await problem(await api.get("/assets?after=xyz"), 400, "bad-query")
+
+
+async def test_content_redirects_to_the_blob(api: Client) -> None:
+    data = os.urandom(5000)
+    digest = await upload(api, data)
+    resp = await api.post(
+        "/assets", json={"name": "n", "kind": "prop", "blob": digest}, headers=AUTH
+    )
+    asset_id = (await resp.json(content_type=None))["identifier"]
+    redirect = await api.get(f"/assets/{asset_id}/content", allow_redirects=False)
+    assert redirect.status == 302
+    assert redirect.headers["Location"] == f"/blobs/{digest}"
+    followed = await api.get(f"/assets/{asset_id}/content")
+    assert await followed.read() == data
+    await problem(await api.get(f"/assets/{uuid.uuid4()}/content"), 404, "not-found")
+
+
+async def test_a_blob_the_catalog_missed_is_healed(api: Client) -> None:
+    """A crash between storing a blob and recording it: POST /assets records it then."""
+    from blobstore import Expectation
+    from origin.appkeys import STORE
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"stored, never recorded"
+
+    info = (await api.app[STORE].put(body(), Expectation())).info
+    resp = await api.post(
+        "/assets", json={"name": "n", "kind": "prop", "blob": info.digest.hex}, headers=AUTH
+    )
+    assert resp.status == 201, await resp.text()
+    doc = json.loads(await resp.text())
+    assert doc["contentSize"] == info.size
