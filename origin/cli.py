@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from .catalog import Catalog, SchemaMismatch, current_revision, downgrade, head_
 from .config import Config, ConfigError, load_config
 from .server import configure_logging, serve
 from .tokens import SCOPES, Tokens
+from .uploader import Options, UsageError, collect, read_batch, upload
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,6 +36,22 @@ def _parser() -> argparse.ArgumentParser:
     down.add_argument("revision")
     db_sub.add_parser("current", help="print the schema revision of the database and the code")
 
+    up = sub.add_parser("upload", help="upload files and trees, only what the origin lacks")
+    up.add_argument("paths", nargs="*", help="files and directories")
+    up.add_argument("--url", default=os.environ.get("ORIGIN_URL", "http://127.0.0.1:8080"))
+    up.add_argument("--token", default=os.environ.get("ORIGIN_TOKEN"), help="or $ORIGIN_TOKEN")
+    up.add_argument("-b", "--batch", type=Path, help="a file of 'put LOCAL [NAME]' lines")
+    up.add_argument("--exclude", action="append", default=[], help="gitignore-style pattern")
+    up.add_argument("--ignore-file", default=".originignore", help="read in each directory given")
+    up.add_argument("-j", "--jobs", type=int, default=4, help="parallel upload streams")
+    up.add_argument("--retries", type=int, default=5, help="attempts per request")
+    up.add_argument("--dry-run", action="store_true", help="say what would be uploaded")
+    up.add_argument("--manifest", type=Path, help="write path -> digest, size, asset id (JSON)")
+    up.add_argument("--register", action="store_true", help="create an asset for each file")
+    up.add_argument("--kind", help="asset kind for --register (default: the parent folder)")
+    up.add_argument("--no-hash-cache", action="store_true", help="rehash every file")
+    up.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+
     token_p = sub.add_parser("token", help="create, list and revoke bearer tokens")
     token_sub = token_p.add_subparsers(dest="token_command", required=True)
     create = token_sub.add_parser("create", help="create a token and print its secret once")
@@ -49,6 +67,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "upload":
+        return _upload_command(args)
     overrides = {"data_dir": args.data_dir}
     if args.command == "serve":
         overrides |= {"host": args.host, "port": args.port, "workers": args.workers}
@@ -68,6 +88,44 @@ def main(argv: list[str] | None = None) -> int:
     except SchemaMismatch as exc:
         print(f"origin: {exc}", file=sys.stderr)
         return 2
+
+
+def _upload_command(args: argparse.Namespace) -> int:
+    cache_home = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    options = Options(
+        url=args.url.rstrip("/"),
+        token=args.token,
+        jobs=max(1, args.jobs),
+        excludes=args.exclude,
+        ignore_file=args.ignore_file,
+        dry_run=args.dry_run,
+        register=args.register,
+        kind=args.kind,
+        manifest=args.manifest,
+        hash_cache=None if args.no_hash_cache else cache_home / "origin" / "upload-hashes.json",
+        retries=max(1, args.retries),
+        progress=args.progress,
+    )
+    try:
+        items = collect(args.paths, options)
+        if args.batch is not None:
+            items += read_batch(args.batch.read_text().splitlines(), str(args.batch))
+    except (UsageError, OSError) as exc:
+        print(f"origin upload: {exc}", file=sys.stderr)
+        return 2
+    if not items:
+        print(
+            "origin upload: nothing to upload (name files, directories or -b FILE)", file=sys.stderr
+        )
+        return 2
+    summary = asyncio.run(upload(items, options))
+    rate = summary.bytes_sent / max(summary.seconds, 1e-6) / 2**20
+    print(
+        f"{summary.files} files: {summary.uploaded} uploaded ({summary.bytes_sent} bytes, "
+        f"{rate:.1f} MiB/s), {summary.skipped} already there, {summary.failed} failed, "
+        f"{summary.seconds:.1f}s"
+    )
+    return 1 if summary.failed else 0
 
 
 async def _prepare(config: Config) -> list[str]:

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "ORIGIN_"
-# Environment variables that are not settings in the file but are read from the environment.
-_ENV_ONLY = {"ORIGIN_CONFIG"}
+# Environment variables that are not settings in the file: where the file is, and the
+# uploader's server and token (`origin upload`).
+_ENV_ONLY = {"ORIGIN_CONFIG", "ORIGIN_URL", "ORIGIN_TOKEN"}
 
 KiB = 1 << 10
 MiB = 1 << 20

@@ -1,0 +1,164 @@
+"""``origin upload`` against a live origin: trees, excludes, interruptions, changes, failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import blake3
+
+from .conftest import LiveOrigin
+
+
+def b3(data: bytes) -> str:
+    return blake3.blake3(data).hexdigest()
+
+
+def run_upload(origin: LiveOrigin, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "origin", "upload", "--url", origin.url, *args],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "ORIGIN_TOKEN": origin.token, "XDG_CACHE_HOME": str(tmp_path / "cache")},
+    )  # fmt: skip
+
+
+def missing(origin: LiveOrigin, digests: list[str]) -> list[str]:
+    req = urllib.request.Request(
+        origin.url + "/blobs/missing",
+        data=json.dumps({"digests": digests}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        found: list[str] = json.load(resp)["missing"]
+        return found
+
+
+def stored(origin: LiveOrigin) -> set[str]:
+    return {p.name for p in (origin.data_dir / "blobs").rglob("*") if p.is_file()}
+
+
+def make_tree(root: Path, files: dict[str, bytes]) -> None:
+    for name, data in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+
+def test_uploads_a_tree_with_excludes_ignore_file_and_manifest(
+    live_origin: LiveOrigin, tmp_path: Path
+) -> None:
+    tree = tmp_path / "library"
+    files = {
+        "avatars/robot.glb": os.urandom(300_000),
+        "avatars/robot-copy.glb": b"",  # filled below: same bytes as robot.glb
+        "worlds/plaza/scene.gltf": b'{"asset": {"version": "2.0"}}',
+        "worlds/plaza/empty.bin": b"",
+        "props/chair.glb": os.urandom(5000),
+        "props/notes.tmp": b"scratch",
+        "build/cache.bin": os.urandom(100),
+    }
+    files["avatars/robot-copy.glb"] = files["avatars/robot.glb"]
+    make_tree(tree, files)
+    (tree / ".originignore").write_text("build/\n")
+    manifest = tmp_path / "manifest.json"
+    result = run_upload(
+        live_origin, tmp_path, str(tree), "--exclude", "*.tmp", "--manifest", str(manifest),
+        "--register", "--no-progress",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    kept = {k: v for k, v in files.items() if not k.endswith(".tmp") and not k.startswith("build/")}
+    assert missing(live_origin, [b3(d) for d in kept.values()]) == []
+    assert stored(live_origin) == {b3(d) for d in kept.values()}
+    doc = json.loads(manifest.read_text())
+    assert set(doc) == set(kept)
+    assert all(doc[name]["digest"] == b3(data) for name, data in kept.items())
+    assert all(doc[name]["asset_id"] for name in kept)
+    with urllib.request.urlopen(f"{live_origin.url}/assets?kind=avatars", timeout=10) as resp:
+        names = sorted(item["name"] for item in json.load(resp)["items"])
+    assert names == ["robot", "robot-copy"]
+    assert "4 uploaded" in result.stdout  # two files share one blob; the empty blob counts once
+
+
+def test_interrupted_run_finishes_on_rerun(live_origin: LiveOrigin, tmp_path: Path) -> None:
+    tree = tmp_path / "big"
+    files = {f"f{i:02d}.bin": os.urandom(4 << 20) for i in range(16)}
+    make_tree(tree, files)
+    env = {**os.environ, "ORIGIN_TOKEN": live_origin.token, "XDG_CACHE_HOME": str(tmp_path / "c")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "origin", "upload", "--url", live_origin.url, "-j", "1", str(tree)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+    )  # fmt: skip
+    target = random.randint(2, 10)
+    deadline = time.monotonic() + 60
+    while len(stored(live_origin)) < target and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    before = stored(live_origin)
+    assert 0 < len(before) < len(files), "the kill should land mid-run"
+    result = run_upload(live_origin, tmp_path, str(tree), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert stored(live_origin) == {b3(d) for d in files.values()}
+    assert f"{len(files) - len(before)} uploaded" in result.stdout
+
+
+def test_changed_file_is_sent_again_and_unchanged_ones_are_not(
+    live_origin: LiveOrigin, tmp_path: Path
+) -> None:
+    tree = tmp_path / "t"
+    make_tree(tree, {"a.glb": b"first", "b.glb": b"stays"})
+    assert run_upload(live_origin, tmp_path, str(tree)).returncode == 0
+    (tree / "a.glb").write_bytes(b"second version")
+    result = run_upload(live_origin, tmp_path, str(tree))
+    assert result.returncode == 0, result.stderr
+    assert "1 uploaded" in result.stdout
+    assert "1 already there" in result.stdout
+    assert b3(b"second version") in stored(live_origin)
+
+
+def test_unreadable_file_is_reported_and_the_rest_uploads(
+    live_origin: LiveOrigin, tmp_path: Path
+) -> None:
+    tree = tmp_path / "t"
+    make_tree(tree, {"good.glb": b"good bytes"})
+    (tree / "broken.glb").symlink_to(tree / "nowhere")  # unreadable even for root
+    result = run_upload(live_origin, tmp_path, str(tree))
+    assert result.returncode == 1
+    assert "FAILED broken.glb: cannot read" in result.stderr
+    assert b3(b"good bytes") in stored(live_origin)
+
+
+def test_batch_file_dry_run_and_bad_input(live_origin: LiveOrigin, tmp_path: Path) -> None:
+    (tmp_path / "x.glb").write_bytes(b"batched")
+    batch = tmp_path / "batch.txt"
+    batch.write_text(f"# comment\n\nput {tmp_path / 'x.glb'} renamed.glb\n")
+    dry = run_upload(live_origin, tmp_path, "-b", str(batch), "--dry-run")
+    assert dry.returncode == 0
+    assert "would upload 1 blobs" in dry.stdout
+    assert b3(b"batched") not in stored(live_origin)
+    assert run_upload(live_origin, tmp_path, "-b", str(batch)).returncode == 0
+    assert b3(b"batched") in stored(live_origin)
+    batch.write_text("get remote local\n")
+    bad = run_upload(live_origin, tmp_path, "-b", str(batch))
+    assert bad.returncode == 2
+    assert "batch.txt:1: expected 'put LOCAL [NAME]'" in bad.stderr
+    assert run_upload(live_origin, tmp_path, str(tmp_path / "absent")).returncode == 2
+
+
+def test_a_wrong_token_fails_every_file(live_origin: LiveOrigin, tmp_path: Path) -> None:
+    (tmp_path / "x.glb").write_bytes(b"nope")
+    result = subprocess.run(
+        [sys.executable, "-m", "origin", "upload", "--url", live_origin.url, "--token", "bad",
+         str(tmp_path / "x.glb")],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")},
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "401" in result.stderr
