@@ -32,6 +32,7 @@ from blobstore import (
 
 from .disk_cache import DiskCache
 from .events import CacheEvents, NoEvents
+from .fill import LocalFill
 from .health import HealthReport, TierHealth
 from .memory import MemoryTier
 from .singleflight import SingleFlight
@@ -62,7 +63,7 @@ class TieredStore:
         named = [*self.tiers, *([local_cache] if local_cache else [])]
         self._health = {t.name: TierHealth(t.name, cap=retry_cap) for t in named}
         self._small_flights: SingleFlight[Digest, bytes] = SingleFlight()
-        self._large_flights: SingleFlight[Digest, bool] = SingleFlight()
+        self._fills: dict[Digest, LocalFill] = {}
         self._background: set[asyncio.Task[object]] = set()
 
     # -- health -------------------------------------------------------------------------------
@@ -190,11 +191,13 @@ class TieredStore:
                 self._events.hit(local.name, (end or info.size) - start)
             else:
                 self._events.miss(local.name)
-                cached, shared = await self._large_flights.do(
-                    info.digest, lambda: self._fill_local(local, info)
-                )
-                if shared:
-                    self._events.flight_joined()
+                fill = self._fills.get(info.digest)
+                if fill is None:  # this request leads: it reads as the copy goes
+                    async for chunk in self._start_fill(local, info).stream(start, end):
+                        yield chunk
+                    return
+                self._events.flight_joined()
+                cached = await asyncio.shield(fill.done)
             if cached:
                 async for chunk in local.open(info.digest, start, end):
                     yield chunk
@@ -203,17 +206,19 @@ class TieredStore:
         async for chunk in self.durable.open(info.digest, start, end):
             yield chunk
 
-    async def _fill_local(self, local: DiskCache, info: BlobInfo) -> bool:
-        """One streaming copy from the durable store into the local cache, verified."""
+    def _start_fill(self, local: DiskCache, info: BlobInfo) -> LocalFill:
+        """One streaming, verified copy from the durable store into the local cache."""
         self._events.durable_read()
-        chunks = self.durable.open(info.digest)
         expected = Expectation(blake3=info.digest)
-        try:
-            await self._guard(local, local.put(chunks, expected, info.content_type))
-        except TierFailed:
-            return False  # e.g. the cache disk is full: serve from the durable store instead
-        self._events.promoted(local.name)
-        return True
+
+        async def store(chunks: AsyncIterator[bytes]) -> None:
+            await local.put(chunks, expected, info.content_type)
+            self._events.promoted(local.name)
+
+        fill = LocalFill(self.durable.open(info.digest), store)
+        self._fills[info.digest] = fill
+        fill.done.add_done_callback(lambda _: self._fills.pop(info.digest, None))
+        return fill
 
     # -- promotion ----------------------------------------------------------------------------
 
@@ -247,9 +252,10 @@ class TieredStore:
             self._events.promoted(tier.name)
 
     async def drain(self) -> None:
-        """Wait for background promotions (tests, graceful shutdown)."""
-        while self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+        """Wait for background promotions and cache fills (tests, graceful shutdown)."""
+        while self._background or self._fills:
+            pending = [*self._background, *(f.done for f in self._fills.values())]
+            await asyncio.gather(*pending, return_exceptions=True)
 
     # -- writes and the rest ------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from pathlib import Path
 
 import blake3
@@ -330,3 +330,64 @@ async def test_metrics_expose_tiers_and_latency(
     assert "origin_durable_reads_total" in text
     latency = [line for line in text.splitlines() if "request_duration_seconds_count" in line]
     assert any('route="/blobs/{digest}"' in line and 'status="200"' in line for line in latency)
+
+
+class SlowDisk(DiskBackend):
+    """A durable store that trickles, as a remote one does: 1 MiB chunks, 20 ms apart."""
+
+    async def open(
+        self, digest: Digest, start: int = 0, end: int | None = None
+    ) -> AsyncGenerator[bytes, None]:
+        async for chunk in super().open(digest, start, end):
+            await asyncio.sleep(0.02)
+            yield chunk
+
+
+async def slow_chain(tmp_path: Path) -> tuple[TieredStore, DiskCache, SlowDisk]:
+    durable = SlowDisk(tmp_path / "slow", chunk_size=1 << 20)
+    await durable.start()
+    local = DiskCache(tmp_path / "local", 1 << 30, maintain=False)
+    await local.start()
+    return TieredStore([], durable, local_cache=local), local, durable
+
+
+async def test_first_byte_does_not_wait_for_the_local_copy(tmp_path: Path) -> None:
+    chain, local, durable = await slow_chain(tmp_path)
+    try:
+        data = os.urandom(32 << 20)
+        info = await store_in(durable, data)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        reader = chain.open(info.digest)
+        first = await anext(reader)
+        first_after = loop.time() - started
+        rest = b"".join([c async for c in reader])
+        total = loop.time() - started
+        assert first + rest == data
+        assert first_after < total / 5  # 32 chunks at 20 ms: the first comes after one
+        await chain.drain()
+        assert await local.stat(info.digest) is not None
+        # A client that leaves after one chunk: the copy still completes.
+        other = await store_in(durable, os.urandom(8 << 20))
+        reader = chain.open(other.digest, 0, 1000)
+        assert len(await anext(reader)) == 1000
+        await reader.aclose()
+        await chain.drain()
+        assert await local.stat(other.digest) is not None
+    finally:
+        await local.close()
+
+
+async def test_a_corrupt_copy_is_not_cached(tmp_path: Path) -> None:
+    chain, local, durable = await slow_chain(tmp_path)
+    try:
+        data = os.urandom(3 << 20)
+        info = await store_in(durable, data)
+        path = durable.local_path(info.digest)
+        assert path is not None
+        path.write_bytes(os.urandom(3 << 20))  # bit rot below
+        await asyncio.gather(*(read(chain, info.digest) for _ in range(3)))
+        await chain.drain()
+        assert await local.stat(info.digest) is None
+    finally:
+        await local.close()
