@@ -17,7 +17,7 @@ import contextlib
 import logging
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from blobstore import (
     DEFAULT_CONTENT_TYPE,
@@ -254,7 +254,10 @@ class TieredStore:
     async def drain(self) -> None:
         """Wait for background promotions and cache fills (tests, graceful shutdown)."""
         while self._background or self._fills:
-            pending = [*self._background, *(f.done for f in self._fills.values())]
+            pending: list[asyncio.Future[Any]] = [
+                *self._background,
+                *(f.done for f in self._fills.values()),
+            ]
             await asyncio.gather(*pending, return_exceptions=True)
 
     # -- writes and the rest ------------------------------------------------------------------

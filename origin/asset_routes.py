@@ -13,6 +13,7 @@ from blobstore import Digest, DigestError
 from . import problems
 from .appkeys import CATALOG, STORE
 from .auth import require
+from .blob_routes import blob_facts
 from .catalog import Asset, AssetChanges, AssetNotFound, UnknownBlob, VersionConflict
 from .jsonld import LD_JSON, asset_document, asset_json
 from .problems import Problem
@@ -73,7 +74,7 @@ async def _heal_unknown_blob(request: web.Request, digest: str) -> bool:
     info = await request.app[STORE].stat(Digest(digest))
     if info is None:
         return False
-    await request.app[CATALOG].record_blob(info)
+    await request.app[CATALOG].record_blob(info, await blob_facts(request.app[STORE], info))
     return True
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import IO, Any
 
 from aiohttp import web
@@ -10,8 +11,10 @@ from aiohttp.abc import AbstractStreamWriter
 
 from blobstore import (
     DEFAULT_CONTENT_TYPE,
+    BlobBackend,
     BlobInfo,
     BlobNotFound,
+    BlobStoreError,
     BlobTooLarge,
     Digest,
     DigestError,
@@ -27,8 +30,11 @@ from .appkeys import CATALOG, CONFIG, STORE
 from .auth import require
 from .digest_fields import DigestFieldError, format_sha256, parse_sha256
 from .etags import if_range_allows, none_match
+from .gltf import read_facts
 from .problems import Problem
 from .ranges import ByteRange, RangeNotSatisfiable, parse_range
+
+log = logging.getLogger(__name__)
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 # Up to this a body is read into memory and sent with the headers in one write; above it,
@@ -260,7 +266,23 @@ async def _store_body(request: web.Request, expected: Expectation) -> PutResult:
 async def _record(request: web.Request, info: BlobInfo) -> None:
     # Idempotent: a blob stored by an upload whose catalog write failed is recorded by the
     # next upload of the same bytes (or healed by POST /assets).
-    await request.app[CATALOG].record_blob(info)
+    catalog = request.app[CATALOG]
+    if await catalog.blob(info.digest.hex) is None:
+        await catalog.record_blob(info, await blob_facts(request.app[STORE], info))
+
+
+async def blob_facts(store: BlobBackend, info: BlobInfo) -> dict[str, Any] | None:
+    """glTF facts of a stored blob (reading only what they need), None for other blobs."""
+
+    async def read(start: int, end: int) -> bytes:
+        return b"".join([c async for c in store.open(info.digest, start, end)])
+
+    try:
+        facts = await read_facts(read, info.size)
+    except BlobStoreError as exc:
+        log.warning("no glTF facts for %s: %s", info.digest, exc)
+        return None
+    return None if facts is None else facts.to_json()
 
 
 async def _put(request: web.Request, expected: Expectation) -> PutResult:

@@ -257,3 +257,25 @@ async def test_a_blob_the_catalog_missed_is_healed(api: Client) -> None:
     assert resp.status == 201, await resp.text()
     doc = json.loads(await resp.text())
     assert doc["contentSize"] == info.size
+
+
+async def test_gltf_facts_reach_the_asset_document(api: Client) -> None:
+    from .test_gltf import triangle
+
+    glb = triangle().glb()
+    resp = await api.post("/blobs", data=glb, headers={**AUTH, "Content-Type": "model/gltf-binary"})
+    body = {"name": "tri", "kind": "prop", "blob": (await resp.json())["digest"]}
+    made = await (await api.post("/assets", json=body, headers=AUTH)).json(content_type=None)
+    facts = made["facts"]
+    assert facts["valid"] is True
+    assert facts["container"] == "glb"
+    assert facts["triangle_count"] == 1
+    assert facts["vertex_count"] == 3
+    # Broken glTF is stored as bytes, flagged, never a 500.
+    broken = b"glTF\x02\x00\x00\x00\xff\xff\xff\x7f" + b"\x00" * 20
+    resp = await api.post("/blobs", data=broken, headers=AUTH)
+    assert resp.status == 201
+    body = {"name": "bad", "kind": "prop", "blob": (await resp.json())["digest"]}
+    made = await (await api.post("/assets", json=body, headers=AUTH)).json(content_type=None)
+    assert made["facts"]["valid"] is False
+    assert made["facts"]["error"]

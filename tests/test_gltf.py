@@ -8,7 +8,7 @@ import math
 import os
 import struct
 import tracemalloc
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,6 @@ from hypothesis import strategies as st
 from origin import gltf
 from origin.gltf import GltfFacts, read_facts, sniff
 
-Read = Callable[[int, int], Awaitable[bytes]]
 GENERATOR = "asset-origin tests"
 FLOAT, USHORT = 5126, 5123
 # A real 1x1 PNG: images are counted, never decoded, but a test file should hold a real one.
@@ -74,7 +73,7 @@ async def invalid(data: bytes, **kwargs: Any) -> str:
 # Building real files with pygltflib.
 
 
-class Scene:
+class Model:
     """A glTF document under construction: typed arrays packed into one binary buffer."""
 
     def __init__(self) -> None:
@@ -134,8 +133,8 @@ class Scene:
         return path
 
 
-def triangle() -> Scene:
-    scene = Scene()
+def triangle() -> Model:
+    scene = Model()
     position = scene.positions([(0, 0, 0), (1, 0, 0), (0, 1, 0)])
     scene.mesh(gl.Primitive(attributes=gl.Attributes(POSITION=position)))
     scene.doc.scenes = [gl.Scene(nodes=[scene.node(mesh=0)])]
@@ -151,10 +150,10 @@ POINTS = [(0, 0, -7), (1, 0, -7), (0, 1, -7), (1, 1, -6), (0.5, 0.5, -6.5)]
 SIN45 = math.sqrt(0.5)
 
 
-def rich_scene() -> Scene:
+def rich_scene() -> Model:
     """Two meshes (one instanced twice, one skinned), materials, textures, an embedded image,
     an animation, a skin, node transforms, and extensions."""
-    s = Scene()
+    s = Model()
     box = s.mesh(
         gl.Primitive(
             attributes=gl.Attributes(POSITION=s.positions(BOX)),
@@ -378,7 +377,7 @@ async def test_position_without_min_max_leaves_the_box_unknown() -> None:
 async def test_triangles_by_mode(
     mode: int, vertices: int, indices: int | None, triangles: int
 ) -> None:
-    s = Scene()
+    s = Model()
     primitive = gl.Primitive(
         attributes=gl.Attributes(POSITION=s.positions([(i, 0, 0) for i in range(vertices)])),
         mode=mode,
@@ -520,12 +519,6 @@ async def test_big_glb_json_chunk_over_the_limit() -> None:
 # Broken files.
 
 
-def glb_parts(data: bytes) -> tuple[int, int, int]:
-    """(version, length, JSON chunk length) of a GLB."""
-    _, version, length = struct.unpack_from("<4sII", data)
-    return version, length, struct.unpack_from("<I", data, 12)[0]
-
-
 def with_json(document: object, *, raw: bytes | None = None) -> bytes:
     """A GLB around ``document`` (or raw JSON bytes), with the triangle's BIN chunk."""
     s = triangle()
@@ -579,7 +572,7 @@ async def test_json_chunk_past_the_end() -> None:
 
 async def test_bin_chunk_past_the_end() -> None:
     data = bytearray(rich_scene().glb())
-    json_length = glb_parts(data)[2]
+    json_length = struct.unpack_from("<I", data, 12)[0]
     struct.pack_into("<I", data, 20 + json_length, len(data))
     assert "BIN chunk" in await invalid(bytes(data))
 
