@@ -289,3 +289,19 @@ def test_cockroachdb_urls_get_the_cockroachdb_dialect() -> None:
     engine = create_engine("cockroachdb+asyncpg://root@127.0.0.1:26257/origin")
     assert engine.dialect.name == "cockroachdb"
     assert engine.dialect.driver == "asyncpg"
+
+
+async def test_conflicts_that_never_clear_end_in_catalog_busy(catalog: Catalog) -> None:
+    from origin.catalog import CatalogBusy
+    from origin.catalog.transactions import Conflict
+
+    attempts = 0
+
+    async def always_conflicting(conn: AsyncConnection) -> None:
+        nonlocal attempts
+        attempts += 1
+        raise Conflict("someone else, every time")
+
+    with pytest.raises(CatalogBusy):
+        await transaction(catalog.engine, always_conflicting, attempts=4, base_delay=0.001)
+    assert attempts == 4

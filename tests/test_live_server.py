@@ -366,3 +366,25 @@ def test_metrics_add_up_across_workers(tmp_path: Path) -> None:
         assert ready["status"] == "ready"
     finally:
         origin.stop()
+
+
+def test_serve_refuses_an_old_schema_and_names_the_command(tmp_path: Path) -> None:
+    import asyncio
+
+    from origin.catalog import Catalog, upgrade
+
+    data_dir = tmp_path / "d"
+    data_dir.mkdir()
+
+    async def old_schema() -> None:
+        catalog = Catalog.connect(f"sqlite+aiosqlite:///{data_dir / 'catalog.sqlite'}")
+        await upgrade(catalog.engine, "0001")
+        await catalog.close()
+
+    asyncio.run(old_schema())
+    refused = origin_cli(data_dir, "serve", "--port", "0", env={"ORIGIN_ADMIN_TOKEN": ADMIN_TOKEN})
+    assert refused.returncode == 2
+    assert "origin db upgrade" in refused.stderr
+    upgraded = origin_cli(data_dir, "db", "upgrade")
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert origin_cli(data_dir, "db", "current").stdout.split()[1] == "0002"
