@@ -11,7 +11,7 @@ from aiohttp import web
 from blobstore import Digest, DigestError
 
 from . import problems
-from .appkeys import CATALOG, STORE
+from .appkeys import CATALOG, STORE, TIERS
 from .auth import require
 from .blob_routes import blob_facts
 from .catalog import Asset, AssetChanges, AssetNotFound, UnknownBlob, VersionConflict
@@ -74,7 +74,8 @@ async def _heal_unknown_blob(request: web.Request, digest: str) -> bool:
     info = await request.app[STORE].stat(Digest(digest))
     if info is None:
         return False
-    await request.app[CATALOG].record_blob(info, await blob_facts(request.app[STORE], info))
+    facts = await blob_facts(request.app[TIERS].durable, info)
+    await request.app[CATALOG].record_blob(info, facts)
     return True
 
 

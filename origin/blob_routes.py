@@ -26,7 +26,7 @@ from blobstore import (
 )
 
 from . import problems
-from .appkeys import CATALOG, CONFIG, STORE
+from .appkeys import CATALOG, CONFIG, STORE, TIERS
 from .auth import require
 from .digest_fields import DigestFieldError, format_sha256, parse_sha256
 from .etags import if_range_allows, none_match
@@ -268,7 +268,9 @@ async def _record(request: web.Request, info: BlobInfo) -> None:
     # next upload of the same bytes (or healed by POST /assets).
     catalog = request.app[CATALOG]
     if await catalog.blob(info.digest.hex) is None:
-        await catalog.record_blob(info, await blob_facts(request.app[STORE], info))
+        # From the durable store directly: these reads should neither fill nor count as
+        # cache traffic.
+        await catalog.record_blob(info, await blob_facts(request.app[TIERS].durable, info))
 
 
 async def blob_facts(store: BlobBackend, info: BlobInfo) -> dict[str, Any] | None:
