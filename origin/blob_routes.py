@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import IO, Any
+from typing import Any
 
 from aiohttp import web
-from aiohttp.abc import AbstractStreamWriter
 
 from blobstore import (
     DEFAULT_CONTENT_TYPE,
@@ -33,6 +32,7 @@ from .etags import if_range_allows, none_match
 from .gltf import read_facts
 from .problems import Problem
 from .ranges import ByteRange, RangeNotSatisfiable, parse_range
+from .sendfile import SendfileResponse
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
         except FileNotFoundError:
             pass  # not (or no longer) a local file: the store streams it from another tier
         else:
-            return _SendfileResponse(file, start, count, status=status, headers=headers)
+            return SendfileResponse(file, start, count, status=status, headers=headers)
     return await _from_store(request, digest, status, headers, start, count)
 
 
@@ -109,32 +109,6 @@ def _requested_range(request: web.Request, info: BlobInfo) -> ByteRange | None:
             str(exc),
             headers={"Content-Range": f"bytes */{exc.size}"},
         ) from None
-
-
-class _SendfileResponse(web.StreamResponse):
-    """``count`` bytes of an open file from ``offset``, sent by the kernel."""
-
-    def __init__(
-        self, file: IO[bytes], offset: int, count: int, *, status: int, headers: dict[str, str]
-    ) -> None:
-        super().__init__(status=status, headers=headers)
-        self._file = file
-        self._offset = offset
-        self._count = count
-
-    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
-        try:
-            writer = await super().prepare(request)
-            transport = request.transport
-            if transport is None:
-                raise ConnectionResetError("connection lost before the body was sent")
-            await asyncio.get_running_loop().sendfile(
-                transport, self._file, self._offset, self._count
-            )
-            await super().write_eof()
-            return writer
-        finally:
-            self._file.close()
 
 
 async def _from_store(

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import uvloop
 from aiohttp import web
 
 from .app import create_app
@@ -67,7 +68,7 @@ async def _run_worker(config: Config, port: int, on_ready: Callable[[], None]) -
 def worker_main(config: Config, port: int, ready: Any) -> None:
     _die_with_parent()
     configure_logging(config)
-    asyncio.run(_run_worker(config, port, lambda: ready.put(os.getpid())))
+    uvloop.run(_run_worker(config, port, lambda: ready.put(os.getpid())))
 
 
 def _die_with_parent() -> None:
@@ -115,7 +116,7 @@ def serve(config: Config, banner: list[str]) -> int:
 
     if config.workers == 1:
         # One worker runs in this process: nothing to supervise, and a signal reaches it directly.
-        asyncio.run(_run_worker(config, port, announce))
+        uvloop.run(_run_worker(config, port, announce))
         reserved.close()
         return 0
     ctx = multiprocessing.get_context("spawn")

@@ -388,3 +388,22 @@ def test_serve_refuses_an_old_schema_and_names_the_command(tmp_path: Path) -> No
     upgraded = origin_cli(data_dir, "db", "upgrade")
     assert upgraded.returncode == 0, upgraded.stderr
     assert origin_cli(data_dir, "db", "current").stdout.split()[1] == "0002"
+
+
+def test_large_gets_survive_clients_that_leave_and_ranges_come_exact(
+    live_origin: LiveOrigin,
+) -> None:
+    data = BLOCK * 96  # 96 MiB: sent with sendfile from a worker thread
+    digest = b3(data)
+    assert http(live_origin, "PUT", f"/blobs/{digest}", data, auth(live_origin))[0] == 201
+    for _ in range(5):  # clients that hang up mid-body
+        with connect(live_origin) as sock:
+            sock.sendall(request_head("GET", f"/blobs/{digest}", {}))
+            assert read_head(sock).startswith(b"HTTP/1.1 200")
+            sock.recv(1 << 20)
+    status, body = http(
+        live_origin, "GET", f"/blobs/{digest}", headers={"Range": "bytes=1000000-70000000"}
+    )
+    assert status == 206
+    assert body == data[1000000:70000001]
+    assert http(live_origin, "GET", f"/blobs/{digest}") == (200, data)
