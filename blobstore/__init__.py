@@ -20,10 +20,12 @@ from .backend import (
 from .digest import Digest, DigestError, is_sha256_hex
 from .disk import DiskBackend
 from .hashing import Hashes, StreamHasher, hash_bytes
+from .sftp import BackendUnavailable, SftpBackend
 
 __all__ = [
     "DEFAULT_CONTENT_TYPE",
     "NOTHING_EXPECTED",
+    "BackendUnavailable",
     "BlobBackend",
     "BlobInfo",
     "BlobNotFound",
@@ -36,6 +38,7 @@ __all__ = [
     "Expectation",
     "Hashes",
     "PutResult",
+    "SftpBackend",
     "StorageFull",
     "StreamHasher",
     "hash_bytes",

@@ -12,8 +12,8 @@ from dataclasses import asdict
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from blobstore import Digest, DiskBackend
-from cache import CacheEvents, CacheTier, MemoryTier, RedisTier, TieredStore
+from blobstore import BackendUnavailable, Digest, DiskBackend, SftpBackend
+from cache import CacheEvents, CacheTier, DiskCache, MemoryTier, RedisTier, TieredStore
 
 from . import asset_routes, blob_routes
 from .appkeys import CATALOG, CONFIG, STORE, TIERS, TOKENS
@@ -46,6 +46,12 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
         response = await _problem_response(request, from_http_exception(exc))
     except CatalogBusy as exc:
         problem = Problem(503, "busy", "Try again", str(exc), headers={"Retry-After": "1"})
+        response = await _problem_response(request, problem)
+    except BackendUnavailable as exc:
+        problem = Problem(
+            503, "store-unavailable", "Storage unavailable", f"nothing was stored: {exc}",
+            headers={"Retry-After": "5"},
+        )  # fmt: skip
         response = await _problem_response(request, problem)
     except ConnectionError:
         raise
@@ -101,7 +107,9 @@ async def readyz(request: web.Request) -> web.Response:
     except Exception as exc:
         durable = {"name": "durable", "healthy": False, "last_error": str(exc)}
     all_ok = durable["healthy"] and all(t["healthy"] for t in tiers)
-    status = "ready" if all_ok else "degraded" if durable["healthy"] else "unavailable"
+    # Without its durable store a node with a local cache still serves what it holds.
+    serving = durable["healthy"] or tiered.local_cache is not None
+    status = "ready" if all_ok else "degraded" if serving else "unavailable"
     body = {"status": status, "tiers": [*tiers, durable]}
     return web.json_response(body, status=503 if status == "unavailable" else 200)
 
@@ -119,9 +127,31 @@ async def open_catalog(config: Config, catalog: Catalog) -> None:
     await check_schema(catalog.engine)
 
 
-def build_store(config: Config, events: CacheEvents) -> tuple[TieredStore, DiskBackend]:
-    """The embedded default: memory tier (and Redis when configured) over the local disk."""
-    disk = DiskBackend(config.data_dir, chunk_size=config.chunk_size, direct_io=config.direct_io)
+def build_store(config: Config, events: CacheEvents) -> TieredStore:
+    """Memory tier (and Redis when configured) over the durable store: the local disk by
+    default; with ``sftp_url`` the SFTP bulk store, the local disk becoming its LRU cache."""
+    durable: DiskBackend | SftpBackend
+    local: DiskCache | None = None
+    if config.sftp_url:
+        assert config.sftp_key is not None  # validated
+        durable = SftpBackend.from_url(
+            config.sftp_url,
+            client_keys=[config.sftp_key],
+            known_hosts=config.sftp_known_hosts,
+            pool_size=config.sftp_pool,
+            chunk_size=config.chunk_size,
+        )
+        local = DiskCache(
+            config.data_dir / "cache",
+            config.disk_cache_size,
+            chunk_size=config.chunk_size,
+            direct_io=config.direct_io,
+            events=events,
+        )
+    else:
+        durable = DiskBackend(
+            config.data_dir, chunk_size=config.chunk_size, direct_io=config.direct_io
+        )
     tiers: list[CacheTier] = []
     if config.memory_cache_size > 0 and config.memory_max_object > 0:
         tiers.append(MemoryTier(config.memory_cache_size, config.memory_max_object, events))
@@ -134,7 +164,29 @@ def build_store(config: Config, events: CacheEvents) -> tuple[TieredStore, DiskB
                 timeout=config.redis_timeout,
             )
         )
-    return TieredStore(tiers, disk, events=events, retry_cap=config.tier_retry_max), disk
+    return TieredStore(
+        tiers, durable, local_cache=local, events=events, retry_cap=config.tier_retry_max
+    )
+
+
+async def start_store(tiered: TieredStore) -> None:
+    durable = tiered.durable
+    if isinstance(durable, DiskBackend | SftpBackend):
+        swept = await durable.start()
+        log.info("durable store ready (%d stale temp files swept)", swept)
+    if tiered.local_cache is not None:
+        await tiered.local_cache.start()
+
+
+async def stop_store(tiered: TieredStore) -> None:
+    await tiered.drain()
+    if tiered.local_cache is not None:
+        await tiered.local_cache.close()
+    if isinstance(tiered.durable, SftpBackend):
+        await tiered.durable.close()
+    for tier in tiered.tiers:
+        if isinstance(tier, RedisTier):
+            await tier.close()
 
 
 def create_app(config: Config) -> web.Application:
@@ -142,17 +194,16 @@ def create_app(config: Config) -> web.Application:
     json_limit = max(1 << 20, config.max_missing_batch * 80)
     app = web.Application(middlewares=[request_middleware], client_max_size=json_limit)
     app[CONFIG] = config
-    tiered, disk = build_store(config, PrometheusEvents())
+    tiered = build_store(config, PrometheusEvents())
     app[TIERS] = tiered
     app[STORE] = tiered
     catalog = Catalog.connect(config.catalog_url)
     app[CATALOG] = catalog
     app[TOKENS] = Tokens(catalog, config.admin_token)
 
-    async def start_store(app: web.Application) -> None:
+    async def start(app: web.Application) -> None:
         await open_catalog(config, catalog)
-        swept = await disk.start()
-        log.info("data in %s (%d stale temp files swept)", config.data_dir, swept)
+        await start_store(tiered)
 
     async def flush_metrics(app: web.Application) -> AsyncIterator[None]:
         task = asyncio.create_task(flush_periodically())
@@ -161,15 +212,12 @@ def create_app(config: Config) -> web.Application:
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
-    async def stop_store(app: web.Application) -> None:
+    async def stop(app: web.Application) -> None:
         await catalog.close()
-        await tiered.drain()
-        for tier in tiered.tiers:
-            if isinstance(tier, RedisTier):
-                await tier.close()
+        await stop_store(tiered)
 
-    app.on_startup.append(start_store)
-    app.on_cleanup.append(stop_store)
+    app.on_startup.append(start)
+    app.on_cleanup.append(stop)
     app.cleanup_ctx.append(flush_metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -66,6 +66,13 @@ class Config:
     redis_max_object: int = _size(2 * MiB)
     redis_prefix: str = "origin:blob:"
     redis_timeout: float = 0.25
+    # The shared SFTP bulk store (sftp://user@host:port/path). When set it is the durable
+    # store, and the local disk under data_dir becomes an LRU cache of disk_cache_size bytes.
+    sftp_url: str | None = None
+    sftp_key: Path | None = None
+    sftp_known_hosts: Path | None = None
+    sftp_pool: int = 4
+    disk_cache_size: int = _size(50 * GiB)
     # A cache tier that fails is skipped, retried after 0.5 s, 1 s, 2 s ... up to this many.
     tier_retry_max: float = 30.0
     log_level: str = "info"
@@ -93,6 +100,14 @@ class Config:
              or self.redis_url.startswith(("redis://", "rediss://", "unix://")),
              "must be a redis://, rediss:// or unix:// URL"),
             ("redis_timeout", 0 < self.redis_timeout <= 10, "must be in (0, 10] seconds"),
+            ("sftp_url", self.sftp_url is None or self.sftp_url.startswith("sftp://"),
+             "must be an sftp://user@host:port/path URL"),
+            ("sftp_key", self.sftp_url is None or self.sftp_key is not None,
+             "is required with sftp_url (key authentication only)"),
+            ("sftp_known_hosts", self.sftp_url is None or self.sftp_known_hosts is not None,
+             "is required with sftp_url (host keys are always checked)"),
+            ("sftp_pool", 1 <= self.sftp_pool <= 64, "must be 1..64"),
+            ("disk_cache_size", self.disk_cache_size > 0, "must be positive"),
             ("database_url", self.database_url is None or self.database_url.startswith(
                 ("cockroachdb+asyncpg://", "postgresql+asyncpg://", "sqlite+aiosqlite://")),
              "must be a cockroachdb+asyncpg://, postgresql+asyncpg:// or sqlite+aiosqlite:// URL"),
@@ -118,6 +133,7 @@ def parse_size(text: str | int) -> int:
 
 def _coerce(f: dataclasses.Field[Any], raw: Any) -> Any:
     kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    kind = kind.removesuffix(" | None")
     if f.metadata.get("size"):
         return parse_size(raw if isinstance(raw, int) else str(raw))
     if kind == "int":

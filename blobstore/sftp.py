@@ -1,0 +1,772 @@
+"""Blobs on a shared SFTP server: the bulk store that several origin nodes write to at once.
+
+The layout under the URL's path is DiskBackend's, so a copy of the tree is a valid disk store::
+
+    blobs/ab/cd/<blake3>      the bytes; a blob exists exactly when this file does
+    meta/ab/cd/<blake3>.json  size, SHA-256, content type, creation time
+    sha256/ab/cd/<sha256>     symlink to the blob (a file holding the BLAKE3 hex where the
+                              server refuses symlinks)
+    tmp/<random>.part         uploads in flight, from any node; swept by age at start
+
+An upload streams into ``tmp/`` while it is hashed, writes the metadata and the SHA-256 link,
+and only then renames the bytes to their final name. That last step uses the protocol's plain
+rename, not posix-rename: SFTP's rename never replaces an existing file (OpenSSH implements it
+with link + unlink), so when two nodes upload the same bytes exactly one of them creates the blob
+and the other learns that it already existed, and a partial file can never appear under a final
+name. posix-rename (atomic replace) is what the metadata file wants, and gets where offered.
+
+Operations run over a small pool of SSH connections, one SFTP channel each, shared by concurrent
+operations (SFTP pipelines requests). A dropped connection is replaced on the next operation;
+idempotent operations retry once on a fresh connection; uploads never retry on their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import posixpath
+import secrets
+import time
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterator,
+    Sequence,
+)
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit
+
+import asyncssh
+from cachetools import LRUCache
+
+from .backend import (
+    DEFAULT_CONTENT_TYPE,
+    NOTHING_EXPECTED,
+    BlobInfo,
+    BlobNotFound,
+    BlobStoreError,
+    Expectation,
+    PutResult,
+    StorageFull,
+)
+from .digest import Digest, DigestError
+from .disk import _coalesce, _decode_meta, _encode_meta  # one metadata format for both
+from .hashing import Hashes, StreamHasher
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_TEMP_SUFFIX = ".part"
+# Below this, hashing costs less than a thread hop.
+_INLINE_HASH = 64 * 1024
+# Metadata files are a few hundred bytes; one read request of this size fetches them whole.
+_SMALL_FILE = 64 * 1024
+# What writing into a temp file of ours answers when the server's disk is full (see _writing).
+_FULL = (asyncssh.SFTPNoSpaceOnFilesystem, asyncssh.SFTPQuotaExceeded, asyncssh.SFTPFailure)
+# What a rename that found its target already there answers (v3: failure; v5+: says so).
+_EXISTS = (asyncssh.SFTPFailure, asyncssh.SFTPFileAlreadyExists)
+
+
+class BackendUnavailable(BlobStoreError):
+    """The store cannot be reached or the connection dropped mid-operation (HTTP 503).
+
+    Nothing was committed by the failed operation; an upload may have left a temp file that a
+    later ``start()`` sweeps.
+    """
+
+
+def _lost(exc: BaseException) -> bool:
+    """Whether an exception means the connection, not the request, failed."""
+    if isinstance(exc, asyncssh.SFTPError):
+        return isinstance(exc, (asyncssh.SFTPConnectionLost, asyncssh.SFTPNoConnection))
+    # OSError covers refused and reset sockets and our own timeouts; asyncssh.Error covers
+    # disconnects, failed channel opens and refused host keys or logins.
+    return isinstance(exc, (OSError, asyncssh.Error))
+
+
+@dataclass(eq=False)
+class _Channel:
+    conn: asyncssh.SSHClientConnection
+    sftp: asyncssh.SFTPClient
+    users: int = 0
+
+    @property
+    def alive(self) -> bool:
+        return not self.conn.is_closed()
+
+    @contextlib.contextmanager
+    def busy(self) -> Iterator[None]:
+        self.users += 1
+        try:
+            yield
+        finally:
+            self.users -= 1
+
+
+class _Pool:
+    """Up to ``size`` connections, opened when the ones there are all busy, replaced when dead.
+
+    Concurrent callers that need a connection while one is being opened wait for that one, so
+    an unreachable server costs each of them one connect timeout, not one each in turn.
+    """
+
+    def __init__(self, connect: Callable[[], Coroutine[Any, Any, _Channel]], size: int) -> None:
+        if size < 1:
+            raise ValueError("pool_size must be at least 1")
+        self._connect = connect
+        self._slots: list[asyncio.Task[_Channel] | None] = [None] * size
+        self._closed = False
+
+    def _live(self) -> list[_Channel]:
+        return [c for t in self._slots if (c := _usable(t)) is not None]
+
+    async def lease(self) -> _Channel:
+        if self._closed:
+            raise BackendUnavailable("the SFTP backend is closed")
+        live = self._live()
+        best = min(live, key=lambda c: c.users, default=None)
+        connecting = next((t for t in self._slots if t is not None and not t.done()), None)
+        # A busy connection now beats a new one later; grow only one connection at a time.
+        if best is not None and (
+            best.users == 0 or connecting is not None or len(live) == len(self._slots)
+        ):
+            return best
+        if connecting is None:
+            # Some slot is empty, failed or dead (fewer live than slots, none connecting).
+            i = next(i for i, t in enumerate(self._slots) if _usable(t) is None)
+            dead = _result(self._slots[i])
+            if dead is not None:
+                dead.conn.close()
+            connecting = self._slots[i] = asyncio.create_task(self._connect())
+        # Shielded: one caller giving up must not abort the connection the others wait for.
+        return await asyncio.shield(connecting)
+
+    def discard(self, channel: _Channel) -> None:
+        channel.conn.close()
+        for i, t in enumerate(self._slots):
+            if _result(t) is channel:
+                self._slots[i] = None
+
+    async def close(self) -> None:
+        self._closed = True
+        tasks = [t for t in self._slots if t is not None]
+        self._slots = [None] * len(self._slots)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        conns = [c.conn for t in tasks if (c := _result(t)) is not None]
+        for conn in conns:
+            conn.close()
+        await asyncio.gather(*(conn.wait_closed() for conn in conns))
+
+
+def _result(task: asyncio.Task[_Channel] | None) -> _Channel | None:
+    """The channel a finished connect produced (alive or not), else None."""
+    if task is None or not task.done() or task.cancelled() or task.exception() is not None:
+        return None
+    return task.result()
+
+
+def _usable(task: asyncio.Task[_Channel] | None) -> _Channel | None:
+    channel = _result(task)
+    return channel if channel is not None and channel.alive else None
+
+
+class SftpBackend:
+    """A ``BlobBackend`` on an SFTP server; see the module docstring for the layout."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        username: str | None,
+        root: str,
+        *,
+        client_keys: Sequence[Path | str],
+        known_hosts: Path | str | None,
+        pool_size: int = 4,
+        chunk_size: int = 1 << 20,
+        connect_timeout: float = 5.0,
+        io_timeout: float = 30.0,
+        keepalive_interval: float = 10.0,
+        stale_temp_after: float = 3600.0,
+        info_cache_entries: int = 65_536,
+    ) -> None:
+        """``known_hosts=None`` turns host key checking off; there is deliberately no default."""
+        self.host = host
+        self.port = port
+        self.root = root
+        self.where = f"sftp://{username + '@' if username else ''}{host}:{port}{root}"
+        self._chunk_size = chunk_size
+        self._io_timeout = io_timeout
+        self._stale_temp_after = stale_temp_after
+        self._options = asyncssh.SSHClientConnectionOptions(
+            username=username if username is not None else (),
+            client_keys=[str(k) for k in client_keys],
+            known_hosts=None if known_hosts is None else str(known_hosts),
+            # Only what was configured here: no ~/.ssh/config, no agent, no passwords.
+            config=[],
+            agent_path=None,
+            preferred_auth="publickey",
+            password_auth=False,
+            kbdint_auth=False,
+            host_based_auth=False,
+            gss_auth=False,
+            gss_kex=False,
+            connect_timeout=connect_timeout,
+            # A server that vanishes without closing the socket is noticed within ~3 intervals.
+            keepalive_interval=keepalive_interval,
+            keepalive_count_max=3,
+            # AES-GCM ahead of the default ChaCha20: with AES instructions it costs a fraction of
+            # the CPU per byte, here and on the server that every node sends its blobs to.
+            encryption_algs="^aes128-gcm@openssh.com,aes256-gcm@openssh.com",
+        )
+        self._pool = _Pool(self._open_channel, pool_size)
+        # Blobs are immutable, so a cached info can only go stale through delete(), which evicts
+        # (on this node; other nodes' caches find out when open() raises BlobNotFound).
+        self._info: LRUCache[Digest, BlobInfo] = LRUCache(maxsize=info_cache_entries)
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        client_keys: Sequence[Path | str],
+        known_hosts: Path | str | None,
+        pool_size: int = 4,
+        **options: Any,
+    ) -> SftpBackend:
+        """``sftp://user@host:port/abs/path``; ``/~/path`` is relative to the login directory.
+
+        Other keyword arguments (timeouts, chunk size, ...) go to the constructor.
+        """
+        parts = urlsplit(url)
+        if parts.scheme != "sftp" or not parts.hostname:
+            raise ValueError(f"not an sftp://user@host[:port]/path URL: {url!r}")
+        path = unquote(parts.path)
+        if path in ("", "/~", "/~/"):
+            path = "."
+        elif path.startswith("/~/"):
+            path = path[3:]
+        username = unquote(parts.username) if parts.username else None
+        return cls(
+            parts.hostname,
+            parts.port or 22,
+            username,
+            path.rstrip("/") or "/",
+            client_keys=client_keys,
+            known_hosts=known_hosts,
+            pool_size=pool_size,
+            **options,
+        )
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> int:
+        """Connect, create the layout and sweep old temp files; returns how many were swept.
+
+        Raises BackendUnavailable when the server cannot be reached or refuses us (wrong host
+        key, key not authorised), so a misconfiguration shows at startup.
+        """
+        return await self._run(self._start)
+
+    async def _start(self, sftp: asyncssh.SFTPClient) -> int:
+        for part in ("blobs", "meta", "sha256", "tmp"):
+            await sftp.makedirs(self._path(part), exist_ok=True)
+        return await self._sweep(sftp)
+
+    async def _sweep(self, sftp: asyncssh.SFTPClient) -> int:
+        # Other nodes upload into the same tmp/, so only age tells a dead upload from a live
+        # one: every write refreshes a temp file's mtime.
+        cutoff = time.time() - self._stale_temp_after
+        removed = 0
+        for entry in await sftp.readdir(self._path("tmp")):
+            name = str(entry.filename)
+            mtime = entry.attrs.mtime
+            if not name.endswith(_TEMP_SUFFIX) or mtime is None or mtime >= cutoff:
+                continue
+            with contextlib.suppress(asyncssh.SFTPNoSuchFile):  # another node swept it first
+                await sftp.remove(self._path("tmp", name))
+                removed += 1
+        if removed:
+            log.warning("swept %d stale temp file(s) from %s/tmp", removed, self.where)
+        return removed
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def ping(self) -> None:
+        """Raise BackendUnavailable when the store cannot serve (for readiness checks)."""
+        await self._run(lambda sftp: sftp.stat(self.root))
+
+    async def _open_channel(self) -> _Channel:
+        try:
+            conn = await asyncssh.connect(self.host, self.port, options=self._options, config=[])
+        except asyncssh.HostKeyNotVerifiable as exc:
+            raise BackendUnavailable(
+                f"{self.where}: the server's host key is not in the known_hosts file: {exc}"
+            ) from exc
+        except (OSError, asyncssh.Error) as exc:
+            raise BackendUnavailable(f"cannot connect to {self.where}: {exc}") from exc
+        try:
+            async with asyncio.timeout(self._io_timeout):
+                sftp = await conn.start_sftp_client()
+        except (OSError, asyncssh.Error) as exc:
+            conn.close()
+            raise BackendUnavailable(f"{self.where}: no SFTP session: {exc}") from exc
+        except BaseException:
+            conn.close()
+            raise
+        return _Channel(conn, sftp)
+
+    # -- running operations -------------------------------------------------------------------
+
+    async def _run(self, op: Callable[[asyncssh.SFTPClient], Awaitable[T]]) -> T:
+        return (await self._run_on(op))[1]
+
+    async def _run_on(
+        self, op: Callable[[asyncssh.SFTPClient], Awaitable[T]]
+    ) -> tuple[_Channel, T]:
+        """Run an idempotent operation; once more on a fresh connection if its connection died.
+
+        Also returns the connection it ran on, for results tied to it (an open file).
+        """
+        retried = False
+        while True:
+            channel = await self._pool.lease()
+            try:
+                with channel.busy():
+                    async with asyncio.timeout(self._io_timeout):
+                        return channel, await op(channel.sftp)
+            except Exception as exc:
+                if not _lost(exc):
+                    raise
+                self._pool.discard(channel)
+                if retried:
+                    raise BackendUnavailable(_describe(self.where, exc)) from exc
+                retried = True
+                log.info("connection to %s lost (%s); retrying on a new one", self.where, exc)
+
+    @contextlib.contextmanager
+    def _guard(self, channel: _Channel) -> Iterator[None]:
+        """Turn a lost connection into BackendUnavailable, and drop that connection."""
+        try:
+            yield
+        except Exception as exc:
+            if not _lost(exc):
+                raise
+            self._pool.discard(channel)
+            raise BackendUnavailable(_describe(self.where, exc)) from exc
+
+    # -- paths --------------------------------------------------------------------------------
+
+    def _path(self, *parts: str) -> str:
+        return posixpath.join(self.root, *parts)
+
+    def _blob_path(self, digest: Digest) -> str:
+        return self._path("blobs", *digest.shard(), digest.hex)
+
+    def _meta_path(self, digest: Digest) -> str:
+        return self._path("meta", *digest.shard(), f"{digest.hex}.json")
+
+    def _sha256_path(self, sha256_hex: str) -> str:
+        return self._path("sha256", sha256_hex[0:2], sha256_hex[2:4], sha256_hex)
+
+    def _temp_path(self, kind: str = "") -> str:
+        return self._path("tmp", f"{secrets.token_hex(16)}{kind}{_TEMP_SUFFIX}")
+
+    def local_path(self, digest: Digest) -> Path | None:
+        return None
+
+    # -- reads --------------------------------------------------------------------------------
+
+    async def stat(self, digest: Digest) -> BlobInfo | None:
+        info = self._info.get(digest)
+        if info is None:
+            info = await self._run(lambda sftp: self._load_info(sftp, digest))
+            if info is not None:
+                self._info[digest] = info
+        return info
+
+    async def _load_info(self, sftp: asyncssh.SFTPClient, digest: Digest) -> BlobInfo | None:
+        # Both at once: a metadata file alone proves nothing (an upload that died before its
+        # rename, or a delete halfway through).
+        exists, info = await asyncio.gather(
+            sftp.exists(self._blob_path(digest)), self._read_meta(sftp, digest)
+        )
+        if not exists:
+            return None
+        if info is None:
+            log.warning("metadata of %s on %s unreadable; rebuilding", digest, self.where)
+            info = await self._rebuild_meta(sftp, digest)
+        return info
+
+    async def _read_meta(self, sftp: asyncssh.SFTPClient, digest: Digest) -> BlobInfo | None:
+        try:
+            return _decode_meta(digest, await _read_small(sftp, self._meta_path(digest)))
+        except (asyncssh.SFTPNoSuchFile, ValueError, KeyError):
+            return None
+
+    async def _rebuild_meta(self, sftp: asyncssh.SFTPClient, digest: Digest) -> BlobInfo | None:
+        hasher = StreamHasher()
+        try:
+            async with sftp.open(self._blob_path(digest), "rb") as f:
+                while chunk := await self._read(f, self._chunk_size, hasher.size):
+                    await _hash(hasher, chunk)
+        except asyncssh.SFTPNoSuchFile:
+            return None  # deleted meanwhile
+        hashes = hasher.result()
+        info = BlobInfo(digest, hashes.size, hashes.sha256, DEFAULT_CONTENT_TYPE, datetime.now(UTC))
+        await self._write_meta(sftp, info)
+        return info
+
+    async def open(
+        self, digest: Digest, start: int = 0, end: int | None = None
+    ) -> AsyncGenerator[bytes, None]:
+        path = self._blob_path(digest)
+
+        def want(offset: int) -> int:
+            return self._chunk_size if end is None else max(0, min(self._chunk_size, end - offset))
+
+        async def first(sftp: asyncssh.SFTPClient) -> tuple[asyncssh.SFTPClientFile, bytes]:
+            try:
+                f = await sftp.open(path, "rb")
+            except asyncssh.SFTPNoSuchFile:
+                raise BlobNotFound(str(digest)) from None
+            try:
+                return f, await self._read(f, want(start), start)
+            except BaseException:
+                await _close_quietly(f)
+                raise
+
+        # Opening and the first read are retried like any read; once bytes have gone out to the
+        # caller, a lost connection ends the stream with BackendUnavailable.
+        channel, (f, chunk) = await self._run_on(first)
+        offset = start + len(chunk)
+        ahead: asyncio.Task[bytes] | None = None
+        try:
+            with channel.busy(), self._guard(channel):
+                while chunk:
+                    # Read the next block while the caller sends this one.
+                    if want(offset):
+                        ahead = asyncio.create_task(self._read(f, want(offset), offset))
+                    yield chunk
+                    if ahead is None:
+                        return
+                    chunk = await ahead
+                    ahead = None
+                    offset += len(chunk)
+        finally:
+            await _settle(ahead)
+            await _close_quietly(f)
+
+    async def _read(self, f: asyncssh.SFTPClientFile, size: int, offset: int) -> bytes:
+        """Up to ``size`` bytes, fewer only at the end of the file (or after a short read).
+
+        Split into one request per server-sized piece here, all in flight at once: asyncssh's own
+        splitting leaves its tasks' exceptions unretrieved when the connection drops.
+        """
+        if size <= 0:
+            return b""
+        step = f.read_len or size
+        starts = range(0, size, step)
+        async with asyncio.timeout(self._io_timeout):
+            parts = await asyncio.gather(
+                *(_read_at(f, min(step, size - i), offset + i) for i in starts)
+            )
+        data = bytearray()
+        for i, part in zip(starts, parts, strict=True):
+            data += part
+            if len(part) < min(step, size - i):
+                break  # the caller asks for the rest at the new offset
+        return bytes(data)
+
+    async def resolve_sha256(self, sha256: bytes) -> Digest | None:
+        return await self._run(lambda sftp: self._resolve_sha256(sftp, sha256.hex()))
+
+    async def _resolve_sha256(self, sftp: asyncssh.SFTPClient, sha256_hex: str) -> Digest | None:
+        index = self._sha256_path(sha256_hex)
+        try:
+            target = str(await sftp.readlink(index))
+        except asyncssh.SFTPNoSuchFile:
+            return None
+        except (asyncssh.SFTPBadMessage, asyncssh.SFTPFailure, asyncssh.SFTPInvalidParameter):
+            # Not a symlink: the file form of the index, written where symlinks are refused.
+            try:
+                target = (await _read_small(sftp, index)).decode("ascii", "replace").strip()
+            except asyncssh.SFTPNoSuchFile:
+                return None
+        try:
+            digest = Digest(posixpath.basename(target))
+        except DigestError:
+            return None
+        # The index entry of an upload that died before its rename points at nothing.
+        return digest if await sftp.exists(self._blob_path(digest)) else None
+
+    async def iter_digests(self) -> AsyncIterator[Digest]:
+        # One directory at a time, each listing retried on its own: no digest is yielded twice.
+        blobs = self._path("blobs")
+        for top in await self._listdir(blobs):
+            if not _is_shard(top):
+                continue
+            for mid in await self._listdir(posixpath.join(blobs, top)):
+                if not _is_shard(mid):
+                    continue
+                for name in await self._listdir(posixpath.join(blobs, top, mid)):
+                    try:
+                        digest = Digest(name)
+                    except DigestError:
+                        continue
+                    yield digest
+
+    async def _listdir(self, path: str) -> list[str]:
+        async def listdir(sftp: asyncssh.SFTPClient) -> list[str]:
+            try:
+                return [str(name) for name in await sftp.listdir(path)]
+            except asyncssh.SFTPNoSuchFile:
+                return []
+
+        return await self._run(listdir)
+
+    # -- writes -------------------------------------------------------------------------------
+
+    async def put(
+        self,
+        chunks: AsyncIterable[bytes],
+        expected: Expectation = NOTHING_EXPECTED,
+        content_type: str = DEFAULT_CONTENT_TYPE,
+    ) -> PutResult:
+        # Never retried here: the body has been consumed. The caller may retry the request.
+        channel = await self._pool.lease()
+        temp = self._temp_path()
+        with channel.busy(), self._guard(channel):
+            try:
+                hashes = await self._upload(channel.sftp, temp, chunks, expected.max_size)
+                expected.check(hashes)
+                result = await self._commit(channel.sftp, temp, hashes, content_type)
+            except BaseException:
+                await _remove_quietly(channel.sftp, temp)
+                raise
+        self._info[result.info.digest] = result.info
+        return result
+
+    async def _upload(
+        self,
+        sftp: asyncssh.SFTPClient,
+        temp: str,
+        chunks: AsyncIterable[bytes],
+        limit: int | None,
+    ) -> Hashes:
+        hasher = StreamHasher()
+        offset = 0
+        # One block is hashed and written while the next one is received.
+        inflight: asyncio.Future[tuple[None, None]] | None = None
+        with self._writing():
+            async with sftp.open(temp, "xb") as f:
+                try:
+                    async for block in _coalesce(chunks, self._chunk_size, limit):
+                        if inflight is not None:
+                            await inflight
+                        inflight = asyncio.gather(
+                            _hash(hasher, block), self._write(f, block, offset)
+                        )
+                        offset += len(block)
+                    if inflight is not None:
+                        await inflight
+                    await self._sync(f)
+                finally:
+                    await _settle(inflight)
+        return hasher.result()
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Writing bytes into a temp file of ours: a failure there means the disk is full.
+
+        SFTP v3 (OpenSSH) reports ENOSPC, EDQUOT and EFBIG as plain "failure", on the write or
+        only on the close; later protocol versions say it outright.
+        """
+        try:
+            yield
+        except _FULL as exc:
+            raise StorageFull(f"{self.where}: the server could not store the bytes") from exc
+
+    async def _write(self, f: asyncssh.SFTPClientFile, data: bytes | bytearray, at: int) -> None:
+        # Split like _read, for the same reason.
+        step = f.write_len or len(data)
+        view = memoryview(data)
+        async with asyncio.timeout(self._io_timeout):
+            await asyncio.gather(
+                *(f.write(bytes(view[i : i + step]), at + i) for i in range(0, len(data), step))
+            )
+
+    async def _sync(self, f: asyncssh.SFTPClientFile) -> None:
+        # The server's fsync extension, where offered, so that a committed blob survives a crash
+        # of the server; without it we rely on the server's own durability.
+        with contextlib.suppress(asyncssh.SFTPOpUnsupported):
+            async with asyncio.timeout(self._io_timeout):
+                await f.fsync()
+
+    async def _commit(
+        self, sftp: asyncssh.SFTPClient, temp: str, hashes: Hashes, content_type: str
+    ) -> PutResult:
+        digest = hashes.blake3
+        final = self._blob_path(digest)
+        if await sftp.exists(final):
+            await sftp.remove(temp)
+            return PutResult(await self._existing_info(sftp, digest, content_type, hashes), False)
+        info = BlobInfo(digest, hashes.size, hashes.sha256, content_type, datetime.now(UTC))
+        # Metadata and index before the blob's name: a visible blob always has both.
+        await self._write_meta(sftp, info)
+        await self._index_sha256(sftp, info)
+        try:
+            await _in_dir(sftp, sftp.rename, temp, final)
+        except _EXISTS:
+            if not await sftp.exists(final):
+                raise
+            # Another upload of the same bytes committed first: ours is not needed.
+            await sftp.remove(temp)
+            return PutResult(await self._existing_info(sftp, digest, content_type, hashes), False)
+        return PutResult(info, True)
+
+    async def _existing_info(
+        self, sftp: asyncssh.SFTPClient, digest: Digest, content_type: str, hashes: Hashes
+    ) -> BlobInfo:
+        cached = self._info.get(digest) or await self._read_meta(sftp, digest)
+        now = datetime.now(UTC)
+        return cached or BlobInfo(digest, hashes.size, hashes.sha256, content_type, now)
+
+    async def _write_meta(self, sftp: asyncssh.SFTPClient, info: BlobInfo) -> None:
+        temp = self._temp_path(".meta")
+        try:
+            with self._writing():
+                async with sftp.open(temp, "xb") as f:
+                    await self._write(f, _encode_meta(info), 0)
+                    await self._sync(f)
+            await _in_dir(sftp, _replace, sftp, temp, self._meta_path(info.digest))
+        except BaseException:
+            await _remove_quietly(sftp, temp)
+            raise
+
+    async def _index_sha256(self, sftp: asyncssh.SFTPClient, info: BlobInfo) -> None:
+        index = self._sha256_path(info.sha256.hex())
+        # Relative, exactly as DiskBackend links it, so the tree stays valid when copied.
+        target = posixpath.join("../../../blobs", *info.digest.shard(), info.digest.hex)
+        try:
+            await _in_dir(sftp, sftp.symlink, target, index)
+        except _EXISTS:
+            if not await sftp.lexists(index):
+                raise
+            # The same SHA-256 is the same bytes: the existing entry already points here.
+        except (asyncssh.SFTPOpUnsupported, asyncssh.SFTPPermissionDenied):
+            temp = self._temp_path(".sha256")
+            try:
+                with self._writing():
+                    async with sftp.open(temp, "xb") as f:
+                        await self._write(f, info.digest.hex.encode(), 0)
+                await _in_dir(sftp, _replace, sftp, temp, index)
+            except BaseException:
+                await _remove_quietly(sftp, temp)
+                raise
+
+    async def delete(self, digest: Digest) -> bool:
+        self._info.pop(digest, None)
+        return await self._run(lambda sftp: self._delete(sftp, digest))
+
+    async def _delete(self, sftp: asyncssh.SFTPClient, digest: Digest) -> bool:
+        info = await self._read_meta(sftp, digest)
+        try:
+            # The blob's own name goes first: from then on it does not exist for any reader.
+            await sftp.remove(self._blob_path(digest))
+        except asyncssh.SFTPNoSuchFile:
+            return False
+        leftovers = [self._meta_path(digest)]
+        if info is not None:
+            leftovers.append(self._sha256_path(info.sha256.hex()))
+        for path in leftovers:
+            with contextlib.suppress(asyncssh.SFTPNoSuchFile):
+                await sftp.remove(path)
+        return True
+
+
+async def _in_dir(
+    sftp: asyncssh.SFTPClient, op: Callable[..., Awaitable[None]], *args: object
+) -> None:
+    """``op(*args)`` whose last argument is a path; creates its directory if that is missing.
+
+    Shard directories appear with the first blob under them, so trying first costs nothing in
+    the common case.
+    """
+    try:
+        await op(*args)
+    except asyncssh.SFTPNoSuchFile:
+        target = args[-1]
+        assert isinstance(target, str)
+        await sftp.makedirs(posixpath.dirname(target), exist_ok=True)
+        await op(*args)
+
+
+async def _replace(sftp: asyncssh.SFTPClient, source: str, target: str) -> None:
+    try:
+        await sftp.posix_rename(source, target)
+    except asyncssh.SFTPOpUnsupported:
+        # Not atomic, but only metadata goes this way, and readers check the blob first.
+        with contextlib.suppress(asyncssh.SFTPNoSuchFile):
+            await sftp.remove(target)
+        await sftp.rename(source, target)
+
+
+async def _read_small(sftp: asyncssh.SFTPClient, path: str) -> bytes:
+    async with sftp.open(path, "rb") as f:
+        return await _read_at(f, _SMALL_FILE, 0)
+
+
+async def _read_at(f: asyncssh.SFTPClientFile, size: int, offset: int) -> bytes:
+    data: bytes = await f.read(size, offset)  # bytes: files are opened in binary mode
+    return data
+
+
+async def _settle(fut: asyncio.Future[T] | None) -> None:
+    """Stop a background read or write that is no longer wanted, and mark its outcome seen."""
+    if fut is None:
+        return
+    if not fut.done():
+        fut.cancel()
+        await asyncio.wait([fut])
+    if not fut.cancelled():
+        fut.exception()
+
+
+async def _remove_quietly(sftp: asyncssh.SFTPClient, path: str) -> None:
+    """Best effort, bounded: a temp file that cannot be removed now is swept later."""
+    with contextlib.suppress(asyncssh.Error, OSError):
+        async with asyncio.timeout(5):
+            await sftp.remove(path)
+
+
+async def _close_quietly(f: asyncssh.SFTPClientFile) -> None:
+    with contextlib.suppress(asyncssh.Error, OSError):
+        async with asyncio.timeout(5):
+            await f.close()
+
+
+def _describe(where: str, exc: BaseException) -> str:
+    return f"{where}: connection lost: {exc or type(exc).__name__}"
+
+
+async def _hash(hasher: StreamHasher, block: bytes | bytearray) -> None:
+    if len(block) > _INLINE_HASH:
+        await asyncio.to_thread(hasher.update, block)
+    else:
+        hasher.update(block)
+
+
+def _is_shard(name: str) -> bool:
+    return len(name) == 2 and all(c in "0123456789abcdef" for c in name)

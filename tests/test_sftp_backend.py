@@ -1,0 +1,477 @@
+"""SftpBackend against a real OpenSSH sshd: layout, ranges, atomic commits, races, outages."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+import blake3
+import psutil
+import pytest
+
+from blobstore import (
+    BlobBackend,
+    BlobNotFound,
+    BlobTooLarge,
+    Digest,
+    DigestMismatch,
+    DiskBackend,
+    Expectation,
+    StorageFull,
+)
+from blobstore.sftp import BackendUnavailable, SftpBackend
+
+from .sshd_server import SshdServer, keygen
+
+CHUNK = 256 * 1024
+# An operation against a stopped server must fail at once, not after a timeout.
+PROMPT = 5.0
+
+
+async def chunks_of(data: bytes, size: int = 65536) -> AsyncIterator[bytes]:
+    for i in range(0, len(data), size):
+        yield data[i : i + size]
+
+
+def digest_of(data: bytes) -> Digest:
+    return Digest(blake3.blake3(data).hexdigest())
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshdServer]:
+    server = SshdServer(tmp_path_factory.mktemp("sshd")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def running(sshd: SshdServer) -> Iterator[SshdServer]:
+    """The shared server, started again after a test that stopped it."""
+    if sshd.proc is None or sshd.proc.poll() is not None:
+        sshd.start()
+    yield sshd
+    if sshd.proc is None or sshd.proc.poll() is not None:
+        sshd.start()
+
+
+@pytest.fixture
+def root(running: SshdServer) -> Path:
+    """A store directory of this test's own on the server (the server runs on this host)."""
+    return running.root / uuid.uuid4().hex
+
+
+def make_backend(sshd: SshdServer, root: Path, **options: Any) -> SftpBackend:
+    return SftpBackend.from_url(
+        f"sftp://{sshd.user}@127.0.0.1:{sshd.port}{root}",
+        client_keys=[sshd.client_key],
+        known_hosts=sshd.known_hosts,
+        chunk_size=CHUNK,
+        **options,
+    )
+
+
+@pytest.fixture
+async def sftp(running: SshdServer, root: Path) -> AsyncIterator[SftpBackend]:
+    backend = make_backend(running, root)
+    await backend.start()
+    yield backend
+    await backend.close()
+
+
+def files_under(root: Path, part: str) -> list[str]:
+    base = root / part
+    return sorted(str(p.relative_to(base)) for p in base.rglob("*") if not p.is_dir())
+
+
+def stored_anything(root: Path) -> bool:
+    return root.exists()
+
+
+def assert_nothing_stored(root: Path) -> None:
+    for part in ("tmp", "blobs", "meta"):
+        assert files_under(root, part) == [], part
+
+
+async def read_all(
+    backend: SftpBackend, digest: Digest, start: int = 0, end: int | None = None
+) -> bytes:
+    return b"".join([c async for c in backend.open(digest, start, end)])
+
+
+async def test_is_a_blob_backend(sftp: SftpBackend) -> None:
+    assert isinstance(sftp, BlobBackend)
+    assert sftp.local_path(digest_of(b"x")) is None
+
+
+@pytest.mark.parametrize("size", [0, 1, 3 << 20])
+async def test_round_trip_with_metadata_and_disk_layout(
+    sftp: SftpBackend, running: SshdServer, root: Path, size: int
+) -> None:
+    data = os.urandom(size)
+    d = digest_of(data)
+    result = await sftp.put(chunks_of(data), Expectation(blake3=d), "model/gltf-binary")
+    assert result.created
+    assert (result.info.digest, result.info.size) == (d, size)
+    assert result.info.sha256 == hashlib.sha256(data).digest()
+    assert await read_all(sftp, d) == data
+
+    # A backend without cached info reads the metadata file back.
+    fresh = make_backend(running, root)
+    try:
+        info = await fresh.stat(d)
+        assert info is not None
+        assert (info.size, info.sha256, info.content_type) == (
+            size,
+            result.info.sha256,
+            "model/gltf-binary",
+        )
+        assert info.created_at == result.info.created_at
+        assert await fresh.resolve_sha256(result.info.sha256) == d
+    finally:
+        await fresh.close()
+
+    # DiskBackend's layout exactly: a DiskBackend on the same tree serves the blob.
+    blob = root / "blobs" / d.hex[:2] / d.hex[2:4] / d.hex
+    assert blob.read_bytes() == data
+    meta = json.loads((root / "meta" / d.hex[:2] / d.hex[2:4] / f"{d.hex}.json").read_text())
+    assert meta["sha256"] == hashlib.sha256(data).hexdigest()
+    disk = DiskBackend(root)
+    assert await disk.stat(d) == info
+    assert await disk.resolve_sha256(result.info.sha256) == d
+    assert files_under(root, "tmp") == []
+
+
+async def test_ranges(sftp: SftpBackend) -> None:
+    data = os.urandom(3 * CHUNK + 1000)
+    d = (await sftp.put(chunks_of(data))).info.digest
+    for start, end in [(0, 1), (10, 20), (CHUNK - 5, CHUNK + 5), (1, 3 * CHUNK), (0, len(data))]:
+        assert await read_all(sftp, d, start, end) == data[start:end], (start, end)
+    assert await read_all(sftp, d, 2 * CHUNK + 7) == data[2 * CHUNK + 7 :]  # to the end
+    assert await read_all(sftp, d, len(data) - 1) == data[-1:]
+    assert await read_all(sftp, d, 5, 5) == b""
+    assert await read_all(sftp, d, len(data) - 10, len(data) + 100) == data[-10:]
+    # Streamed in bounded chunks, never the whole blob at once.
+    sizes = [len(c) async for c in sftp.open(d)]
+    assert max(sizes) <= CHUNK
+    assert sum(sizes) == len(data)
+
+
+async def test_missing_blob(sftp: SftpBackend) -> None:
+    d = digest_of(b"never stored")
+    assert await sftp.stat(d) is None
+    with pytest.raises(BlobNotFound):
+        await read_all(sftp, d)
+    with pytest.raises(BlobNotFound):
+        await read_all(sftp, d, 0, 10)
+    assert await sftp.resolve_sha256(hashlib.sha256(b"never stored").digest()) is None
+    assert not await sftp.delete(d)
+
+
+async def test_mismatch_and_oversize_leave_nothing(sftp: SftpBackend, root: Path) -> None:
+    data = os.urandom(600_000)
+    with pytest.raises(DigestMismatch):
+        await sftp.put(chunks_of(data), Expectation(blake3=digest_of(b"other")))
+    with pytest.raises(DigestMismatch):
+        await sftp.put(chunks_of(data), Expectation(sha256=hashlib.sha256(b"x").digest()))
+    with pytest.raises(BlobTooLarge):
+        await sftp.put(chunks_of(data), Expectation(max_size=len(data) - 1))
+    assert await sftp.stat(digest_of(data)) is None
+    assert_nothing_stored(root)
+
+
+async def test_concurrent_puts_of_one_blob_from_two_nodes(
+    sftp: SftpBackend, running: SshdServer, root: Path
+) -> None:
+    other_node = make_backend(running, root)
+    await other_node.start()
+    try:
+        data = os.urandom(2 << 20)
+        puts = [
+            node.put(chunks_of(data), Expectation(blake3=digest_of(data)))
+            for node in [sftp, other_node] * 4
+        ]
+        results = await asyncio.gather(*puts)
+        assert sum(r.created for r in results) == 1
+        assert {r.info.sha256 for r in results} == {hashlib.sha256(data).digest()}
+        assert await read_all(other_node, digest_of(data)) == data
+        assert files_under(root, "tmp") == []
+        assert files_under(root, "blobs") == [
+            f"{digest_of(data).hex[:2]}/{digest_of(data).hex[2:4]}/{digest_of(data).hex}"
+        ]
+    finally:
+        await other_node.close()
+
+
+async def test_cancelled_upload_leaves_no_file(sftp: SftpBackend, root: Path) -> None:
+    started = asyncio.Event()
+
+    async def stalls() -> AsyncIterator[bytes]:
+        for _ in range(8):
+            yield os.urandom(CHUNK)
+        started.set()
+        await asyncio.Event().wait()  # the client stops sending
+        yield b""
+
+    task = asyncio.create_task(sftp.put(stalls()))
+    await asyncio.wait_for(started.wait(), 10)
+    await asyncio.sleep(0.2)
+    assert files_under(root, "tmp") != []  # it was streaming to a temp file
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert_nothing_stored(root)
+
+
+async def test_sshd_killed_mid_upload(sftp: SftpBackend, running: SshdServer, root: Path) -> None:
+    half_sent = asyncio.Event()
+    go_on = asyncio.Event()
+
+    async def body() -> AsyncIterator[bytes]:
+        for i in range(16):
+            if i == 8:
+                half_sent.set()
+                await go_on.wait()
+            yield os.urandom(CHUNK)
+
+    task = asyncio.create_task(sftp.put(body()))
+    await asyncio.wait_for(half_sent.wait(), 10)
+    await asyncio.sleep(0.2)
+    running.stop()
+    go_on.set()
+    t0 = time.monotonic()
+    with pytest.raises(BackendUnavailable):
+        await task
+    assert time.monotonic() - t0 < PROMPT
+    assert files_under(root, "blobs") == []
+    running.start()
+    assert (await sftp.put(chunks_of(b"after the outage"))).created  # the same instance
+    # The half-written temp file stays (the connection to remove it was gone) until a start,
+    # here by another node, finds it old enough to be sure no upload is still writing it.
+    left = files_under(root, "tmp")
+    assert len(left) == 1
+    two_hours_ago = time.time() - 7200
+    os.utime(root / "tmp" / left[0], (two_hours_ago, two_hours_ago))
+    other_node = make_backend(running, root)
+    try:
+        assert await other_node.start() == 1
+    finally:
+        await other_node.close()
+    assert files_under(root, "tmp") == []
+
+
+async def test_sshd_killed_mid_download(sftp: SftpBackend, running: SshdServer) -> None:
+    data = os.urandom(20 * CHUNK)
+    d = (await sftp.put(chunks_of(data))).info.digest
+    received: list[bytes] = []
+    stopped_at = [0.0]
+
+    async def download() -> None:
+        async for chunk in sftp.open(d):
+            received.append(chunk)
+            if len(received) == 2:
+                running.stop()
+                stopped_at[0] = time.monotonic()
+
+    # Never a stream that just ends early: the caller must know the body is incomplete.
+    with pytest.raises(BackendUnavailable):
+        await download()
+    assert time.monotonic() - stopped_at[0] < PROMPT
+    assert len(b"".join(received)) < len(data)
+
+
+async def test_outage_fails_fast_then_recovers(
+    sftp: SftpBackend, running: SshdServer, root: Path
+) -> None:
+    kept = os.urandom(100_000)
+    d = (await sftp.put(chunks_of(kept))).info.digest
+    unknown = digest_of(b"not cached")
+    running.stop()
+
+    async def fails(op: Awaitable[object]) -> None:
+        t0 = time.monotonic()
+        with pytest.raises(BackendUnavailable):
+            await op
+        assert time.monotonic() - t0 < PROMPT
+
+    await fails(sftp.stat(unknown))
+    await fails(read_all(sftp, d))
+    await fails(sftp.put(chunks_of(b"during the outage")))
+    await fails(sftp.delete(d))
+    await fails(sftp.resolve_sha256(hashlib.sha256(kept).digest()))
+    await fails(sftp.ping())
+
+    async def walk() -> None:
+        _ = [x async for x in sftp.iter_digests()]
+
+    await fails(walk())
+    assert files_under(root, "blobs") != []
+
+    running.start()
+    assert await read_all(sftp, d) == kept
+    assert await sftp.stat(unknown) is None
+    assert (await sftp.put(chunks_of(b"after the outage"))).created
+
+
+async def test_restart_unnoticed_reads_retry_and_uploads_do_not(
+    sftp: SftpBackend, running: SshdServer
+) -> None:
+    data = os.urandom(10_000)
+    d = (await sftp.put(chunks_of(data))).info.digest
+    # Stopped and started without giving the event loop a turn: the pooled connections still
+    # look alive, and the first request on each finds it dead.
+    running.stop()
+    running.start()
+    assert await read_all(sftp, d) == data
+    running.stop()
+    running.start()
+    with pytest.raises(BackendUnavailable):
+        await sftp.put(chunks_of(b"sent on a dead connection"))
+    assert (await sftp.put(chunks_of(b"sent on a dead connection"))).created
+
+
+async def test_wrong_host_key_is_refused(running: SshdServer, root: Path, tmp_path: Path) -> None:
+    impostor = keygen(tmp_path / "other_host", "impostor")
+    known_hosts = running.write_known_hosts(tmp_path / "known_hosts", impostor)
+    backend = SftpBackend.from_url(
+        f"sftp://{running.user}@127.0.0.1:{running.port}{root}",
+        client_keys=[running.client_key],
+        known_hosts=known_hosts,
+    )
+    with pytest.raises(BackendUnavailable, match="host key") as caught:
+        await backend.start()
+    assert isinstance(caught.value.__cause__, asyncssh.HostKeyNotVerifiable)
+    assert not stored_anything(root)
+    await backend.close()
+
+
+async def test_unauthorised_client_key_is_refused(
+    running: SshdServer, root: Path, tmp_path: Path
+) -> None:
+    keygen(tmp_path / "stranger", "stranger")
+    backend = SftpBackend.from_url(
+        f"sftp://{running.user}@127.0.0.1:{running.port}{root}",
+        client_keys=[tmp_path / "stranger"],
+        known_hosts=running.known_hosts,
+    )
+    with pytest.raises(BackendUnavailable) as caught:
+        await backend.start()
+    assert isinstance(caught.value.__cause__, asyncssh.PermissionDenied)
+    await backend.close()
+
+
+async def test_iter_digests_and_delete(sftp: SftpBackend, root: Path) -> None:
+    blobs = [os.urandom(n) for n in (10, 20_000, 300_000)]
+    digests = {(await sftp.put(chunks_of(b))).info.digest for b in blobs}
+    assert {d async for d in sftp.iter_digests()} == digests
+    gone = digest_of(blobs[1])
+    assert await sftp.stat(gone) is not None
+    assert await sftp.delete(gone)
+    assert not await sftp.delete(gone)
+    assert await sftp.stat(gone) is None
+    with pytest.raises(BlobNotFound):
+        await read_all(sftp, gone)
+    assert await sftp.resolve_sha256(hashlib.sha256(blobs[1]).digest()) is None
+    assert {d async for d in sftp.iter_digests()} == digests - {gone}
+    assert not any(
+        gone.hex in name for part in ("meta", "sha256") for name in files_under(root, part)
+    )
+
+
+async def test_resolve_sha256(sftp: SftpBackend, root: Path) -> None:
+    data = os.urandom(5000)
+    sha = hashlib.sha256(data).digest()
+    assert await sftp.resolve_sha256(sha) is None
+    d = (await sftp.put(chunks_of(data))).info.digest
+    assert await sftp.resolve_sha256(sha) == d
+    # A server without symlinks gets a file holding the BLAKE3 hex: read as well.
+    link = root / "sha256" / sha.hex()[:2] / sha.hex()[2:4] / sha.hex()
+    link.unlink()
+    link.write_text(d.hex)
+    assert await sftp.resolve_sha256(sha) == d
+
+
+async def test_start_sweeps_only_old_temp_files(running: SshdServer, root: Path) -> None:
+    tmp = root / "tmp"
+    tmp.mkdir(parents=True)
+    (tmp / "old.part").write_bytes(b"left by a crashed node")
+    hour_ago = time.time() - 3700
+    os.utime(tmp / "old.part", (hour_ago, hour_ago))
+    (tmp / "young.part").write_bytes(b"another node is uploading this")
+    (tmp / "unrelated").write_bytes(b"not ours")
+    backend = make_backend(running, root)
+    try:
+        assert await backend.start() == 1
+    finally:
+        await backend.close()
+    assert sorted(p.name for p in tmp.iterdir()) == ["unrelated", "young.part"]
+
+
+async def test_missing_metadata_is_rebuilt(
+    sftp: SftpBackend, running: SshdServer, root: Path
+) -> None:
+    data = os.urandom(700_000)
+    d = (await sftp.put(chunks_of(data))).info.digest
+    meta = root / "meta" / d.hex[:2] / d.hex[2:4] / f"{d.hex}.json"
+    meta.unlink()
+    fresh = make_backend(running, root)
+    try:
+        info = await fresh.stat(d)
+    finally:
+        await fresh.close()
+    assert info is not None
+    assert info.sha256 == hashlib.sha256(data).digest()
+    assert meta.exists()
+
+
+async def test_pool_is_bounded(running: SshdServer, root: Path) -> None:
+    backend = make_backend(running, root, pool_size=2)
+    await backend.start()
+    try:
+        data = os.urandom(1 << 20)
+        d = (await backend.put(chunks_of(data))).info.digest
+        reads = await asyncio.gather(*(read_all(backend, d) for _ in range(16)))
+        assert reads == [data] * 16
+        ours = [
+            c
+            for c in psutil.Process().net_connections(kind="tcp")
+            if c.raddr and c.raddr.port == running.port and c.status == psutil.CONN_ESTABLISHED
+        ]
+        assert 1 <= len(ours) <= 2
+    finally:
+        await backend.close()
+
+
+async def test_full_store_is_storage_full_and_leaves_nothing(
+    running: SshdServer, tiny_fs: Path
+) -> None:
+    backend = make_backend(running, tiny_fs)
+    await backend.start()
+    try:
+        small = os.urandom(100_000)
+        await backend.put(chunks_of(small))
+        with pytest.raises(StorageFull):
+            await backend.put(chunks_of(os.urandom(3 << 20)))
+        assert files_under(tiny_fs, "tmp") == []
+        assert [d async for d in backend.iter_digests()] == [digest_of(small)]
+        assert (await backend.put(chunks_of(os.urandom(500_000)))).created
+    finally:
+        await backend.close()
+
+
+def test_urls() -> None:
+    with pytest.raises(ValueError, match="sftp://"):
+        SftpBackend.from_url("https://example.org/x", client_keys=[], known_hosts=None)
+    b = SftpBackend.from_url(
+        "sftp://bulk@store.example/srv/blobs/", client_keys=[], known_hosts=None
+    )
+    assert (b.host, b.port, b.root) == ("store.example", 22, "/srv/blobs")
+    b = SftpBackend.from_url("sftp://store.example:2222/~/assets", client_keys=[], known_hosts=None)
+    assert (b.port, b.root) == (2222, "assets")
