@@ -1,0 +1,110 @@
+"""Property tests for the interactions builder: any event list gives a consistent matrix."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from uuid import UUID
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from recommender import Event, InteractionConfig, build_interactions
+from recommender.events import asset_key
+from recommender.scoring import top_n, top_n_rows
+
+KIND_WEIGHTS = {"download": 1.0, "use": 2.5, "like": 4.0}
+BASE = datetime(2025, 1, 1, tzinfo=UTC)
+
+users = st.sampled_from(["u0", "u1", "ü-2", "user with space", "3"])
+assets = st.one_of(
+    st.sampled_from(["a", "b", "c", "ü"]),
+    st.sampled_from([UUID(int=1), UUID(int=2)]),
+)
+events = st.lists(
+    st.builds(
+        Event,
+        user=users,
+        asset=assets,
+        kind=st.sampled_from([*KIND_WEIGHTS, "share"]),  # "share" is not configured
+        weight=st.one_of(st.none(), st.floats(0, 100, allow_nan=False), st.just(5e-324)),
+        at=st.integers(0, 30 * 86_400).map(lambda s: BASE + timedelta(seconds=s)),
+    ),
+    max_size=60,
+)
+
+
+def _expected(
+    event_list: list[Event], config: InteractionConfig, reference: float
+) -> dict[tuple[str, str], float]:
+    sums: dict[tuple[str, str], float] = defaultdict(float)
+    for e in event_list:
+        if e.kind not in config.kind_weights:
+            continue
+        weight = config.kind_weights[e.kind] * (1.0 if e.weight is None else e.weight)
+        if config.half_life_seconds is not None:
+            age = max(reference - e.at.timestamp(), 0.0)
+            weight *= 0.5 ** (age / config.half_life_seconds)
+        sums[(e.user, asset_key(e.asset))] += weight
+    return sums
+
+
+@settings(max_examples=200, deadline=None)
+@given(events, st.sampled_from([None, 86_400.0, 7 * 86_400.0]))
+def test_builder_is_consistent(event_list: list[Event], half_life: float | None) -> None:
+    config = InteractionConfig(KIND_WEIGHTS, half_life_seconds=half_life)
+    built = build_interactions(event_list, config)
+    matrix = built.matrix
+
+    # Shape and id maps agree, both directions, and cover exactly the ids in the events.
+    assert matrix.shape == (len(built.user_ids), len(built.item_ids))
+    assert matrix.dtype == np.float32
+    assert all(built.user_index[u] == i for i, u in enumerate(built.user_ids))
+    assert all(built.item_index[a] == i for i, a in enumerate(built.item_ids))
+    assert set(built.user_ids) == {e.user for e in event_list}
+    assert set(built.item_ids) == {asset_key(e.asset) for e in event_list}
+
+    # Counts.
+    ignored = sum(e.kind not in KIND_WEIGHTS for e in event_list)
+    assert built.ignored_events == ignored
+    assert built.n_events == len(event_list) - ignored
+
+    # Weights: duplicates summed, kinds weighted, decay applied; nothing else stored.
+    reference = built.reference_time
+    if event_list:
+        assert reference == max(e.at.timestamp() for e in event_list)
+    expected = _expected(event_list, config, reference)
+    dense = matrix.toarray()
+    for (user, asset), weight in expected.items():
+        got = dense[built.user_index[user], built.item_index[asset]]
+        assert got == pytest.approx(weight, rel=1e-5, abs=1e-6)
+    assert matrix.nnz == sum(1 for w in expected.values() if np.float32(w) > 0)
+    assert np.all(matrix.data > 0)
+    assert np.all(np.isfinite(matrix.data))
+    assert math.isclose(
+        float(built.popularity().sum()), sum(expected.values()), rel_tol=1e-5, abs_tol=1e-5
+    )
+
+
+@pytest.mark.parametrize("excluded", [0.0, 0.5, 0.999, 1.0])
+@pytest.mark.parametrize("n", [1, 10, 100])
+def test_top_n_rows_is_exact(excluded: float, n: int) -> None:
+    """The sampled-threshold shortcut must pick exactly the n best, also with ties and -inf."""
+    rng = np.random.default_rng(int(excluded * 1000) + n)
+    scores = rng.normal(size=(6, 60_000)).astype(np.float32)
+    scores[1] = np.round(scores[1], 1)  # heavy ties
+    scores[2] = np.sort(scores[2])  # sorted: the strided sample is maximally uneven
+    scores[rng.random(scores.shape) < excluded] = -np.inf
+    ids, best = top_n_rows(scores, n)
+    for row in range(scores.shape[0]):
+        expected = np.sort(scores[row])[::-1][:n]
+        np.testing.assert_array_equal(best[row], expected)
+        np.testing.assert_array_equal(scores[row][ids[row]], best[row])
+        finite = np.isfinite(best[row])
+        assert len(set(ids[row][finite].tolist())) == int(finite.sum())
+        single_ids, single_best = top_n(scores[row], n)
+        np.testing.assert_array_equal(single_ids, ids[row][finite])
+        np.testing.assert_array_equal(single_best, best[row][finite])
