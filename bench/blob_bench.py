@@ -41,8 +41,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -311,7 +312,9 @@ http {{
     default_type application/octet-stream;
 
     server {{
-        listen {host}:{port};
+        # Like the origin, one listening socket per worker (SO_REUSEPORT): the kernel spreads
+        # connections evenly; without it, a few keep-alive connections can all land on one.
+        listen {host}:{port} reuseport;
         root {data};
         # The origin's URL shape: /blobs/<digest> -> <data>/blobs/ab/cd/<digest>
         location /blobs/ {{
@@ -375,6 +378,8 @@ class Run:
     server_cpu_s: float
     client_cpu_s: float
     body_bytes: int  # bytes per request that count for MiB/s (response for GET, body for PUT)
+    # Whole machine during the run, % of all CPUs: user, system, softirq, steal, idle, iowait.
+    machine: dict[str, float] = field(default_factory=dict)
 
     @property
     def rps(self) -> float:
@@ -382,7 +387,11 @@ class Run:
 
     @property
     def mibs(self) -> float:
-        return self.requests * self.body_bytes / MiB / self.duration_s if self.duration_s else 0.0
+        if not self.duration_s:
+            return 0.0
+        if not self.body_bytes:  # counted by the byte, unfinished responses included
+            return self.bytes_read / MiB / self.duration_s
+        return self.requests * self.body_bytes / MiB / self.duration_s
 
     @property
     def server_cpu_pct(self) -> float:
@@ -393,8 +402,81 @@ class Run:
         return 100 * self.client_cpu_s / self.duration_s if self.duration_s else 0.0
 
     @property
+    def other_cpu_pct(self) -> float:
+        """Busy CPU% (100 = one core) not charged to the server or the client: other load.
+
+        Softirq time that lands on a server or client process is charged to it as system time
+        (tick accounting), so it is not counted twice; softirq run by ksoftirqd counts here.
+        """
+        if not self.machine:
+            return 0.0
+        busy = (100 - self.machine["idle"] - self.machine["iowait"]) * (os.cpu_count() or 1)
+        return max(0.0, busy - self.server_cpu_pct - self.client_cpu_pct)
+
+    @property
     def error_count(self) -> int:
         return sum(self.errors.values())
+
+
+_STAT_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+
+def cpu_times() -> list[int]:
+    """The aggregate ``cpu`` line of /proc/stat, in the order of ``_STAT_FIELDS``."""
+    with open("/proc/stat") as f:
+        return [int(x) for x in f.readline().split()[1 : 1 + len(_STAT_FIELDS)]]
+
+
+def machine_split(before: list[int], after: list[int]) -> dict[str, float]:
+    delta = dict(
+        zip(_STAT_FIELDS, (b - a for a, b in zip(before, after, strict=True)), strict=True)
+    )
+    total = sum(delta.values()) or 1
+    user = delta["user"] + delta["nice"]
+    irq = delta["irq"] + delta["softirq"]
+    return {
+        "user": 100 * user / total,
+        "system": 100 * delta["system"] / total,
+        "softirq": 100 * irq / total,
+        "steal": 100 * delta["steal"] / total,
+        "iowait": 100 * delta["iowait"] / total,
+        "idle": 100 * delta["idle"] / total,
+    }
+
+
+def wait_quiet(args: argparse.Namespace, what: str) -> None:
+    """Wait (bounded) until the machine is idle, so that no other load skews the next run."""
+    if args.quiet_wait <= 0:
+        return
+    deadline = time.monotonic() + args.quiet_wait
+    waited = False
+    while True:
+        before = cpu_times()
+        time.sleep(0.5)
+        idle = machine_split(before, cpu_times())["idle"]
+        if idle >= args.quiet_idle:
+            if waited:
+                log(f"machine idle again ({idle:.0f}%): {what}")
+            return
+        if time.monotonic() > deadline:
+            log(f"WARNING: machine still busy (idle {idle:.0f}%); measuring {what} anyway")
+            return
+        if not waited:
+            log(f"machine busy (idle {idle:.0f}% < {args.quiet_idle:g}%): waiting before {what}")
+            waited = True
+
+
+def measure(args: argparse.Namespace, what: str, run: Callable[[], Run]) -> Run:
+    """``run()`` on a quiet machine; again (up to --retries times) if other load showed up."""
+    for attempt in range(args.retries + 1):
+        wait_quiet(args, what)
+        result = run()
+        if result.other_cpu_pct <= args.max_other or attempt == args.retries:
+            if result.other_cpu_pct > args.max_other:
+                log(f"WARNING: {what}: other load {result.other_cpu_pct:.0f}% CPU; kept anyway")
+            return result
+        log(f"{what}: other load {result.other_cpu_pct:.0f}% CPU during the run; again")
+    raise AssertionError("unreachable")
 
 
 def children_cpu() -> float:
@@ -426,7 +508,7 @@ def run_wrk(
         url,
     ]
     server.check_alive()
-    cpu0, client0 = server.cpu_seconds(), children_cpu()
+    cpu0, client0, m0 = server.cpu_seconds(), children_cpu(), cpu_times()
     done = subprocess.run(
         cmd,
         capture_output=True,
@@ -435,7 +517,7 @@ def run_wrk(
         env={**os.environ, **(env or {})},
         check=False,
     )
-    cpu1, client1 = server.cpu_seconds(), children_cpu()
+    cpu1, client1, m1 = server.cpu_seconds(), children_cpu(), cpu_times()
     with open(log_path, "a") as f:
         f.write(f"$ {shlex.join(cmd)}\n{done.stdout}{done.stderr}\n")
     line = next((ln for ln in done.stdout.splitlines() if ln.startswith("BENCH_JSON ")), None)
@@ -453,7 +535,124 @@ def run_wrk(
         server_cpu_s=cpu1 - cpu0,
         client_cpu_s=client1 - client0,
         body_bytes=body_bytes,
+        machine=machine_split(m0, m1),
     )
+
+
+# -- GET from this process ---------------------------------------------------------------------
+
+
+def py_get(server: Server, path: str, connections: int, duration: float, recv_size: int) -> Run:
+    """GET ``path`` over and over on keep-alive sockets, one thread each, for ``duration`` s.
+
+    A second client beside wrk, which reads 8 KiB per read(2) (its RECVBUF) and so spends a
+    core on syscalls at a few GB/s; this one reads ``recv_size`` bytes per recv_into(2) (the
+    GIL is released there), so less of the two cores goes to the client. MiB/s counts every
+    body byte received before the deadline, including the last, unfinished response.
+    """
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()
+    counts = {"requests": 0, "bytes": 0}
+    latencies: list[float] = []
+    failures: list[BaseException] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(connections + 1)
+    deadline = [0.0]
+
+    def worker() -> None:
+        buf = bytearray(recv_size)
+        view = memoryview(buf)
+        requests = received = 0
+        mine: list[float] = []
+        try:
+            with socket.create_connection((host, int(port)), timeout=60) as sock:
+                barrier.wait()
+                while time.perf_counter() < deadline[0]:
+                    t0 = time.perf_counter()
+                    sock.sendall(request)
+                    head = b""
+                    while b"\r\n\r\n" not in head:
+                        chunk = sock.recv(65536)
+                        if not chunk:
+                            raise ConnectionError("closed before the response headers")
+                        head += chunk
+                    head, _, rest = head.partition(b"\r\n\r\n")
+                    if not head.startswith(b"HTTP/1.1 200"):
+                        raise BenchError(f"{server.name}: {head.splitlines()[0]!r}")
+                    match = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+                    if match is None:
+                        raise BenchError(f"{server.name}: no Content-Length")
+                    remaining = int(match.group(1)) - len(rest)
+                    received += len(rest)
+                    while remaining > 0:
+                        n = sock.recv_into(view, min(remaining, recv_size))
+                        if n == 0:
+                            raise ConnectionError("closed in the body")
+                        remaining -= n
+                        received += n
+                        if time.perf_counter() >= deadline[0]:
+                            break
+                    if remaining == 0:
+                        requests += 1
+                        mine.append(time.perf_counter() - t0)
+        except BaseException as exc:
+            with lock:
+                failures.append(exc)
+            with contextlib.suppress(threading.BrokenBarrierError):
+                barrier.abort()
+        with lock:
+            counts["requests"] += requests
+            counts["bytes"] += received
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(connections)]
+    for t in threads:
+        t.start()
+    cpu0, self0, m0 = server.cpu_seconds(), time.process_time(), cpu_times()
+    t0 = time.perf_counter()
+    deadline[0] = t0 + duration
+    with contextlib.suppress(threading.BrokenBarrierError):
+        barrier.wait()
+    for t in threads:
+        t.join(duration + 120)
+    elapsed = time.perf_counter() - t0
+    cpu1, self1, m1 = server.cpu_seconds(), time.process_time(), cpu_times()
+    if failures:
+        raise BenchError(f"GET client failed against {server.name}: {failures[0]!r}")
+    return Run(
+        server=server.name,
+        requests=counts["requests"],
+        bytes_read=counts["bytes"],
+        duration_s=elapsed,
+        errors={},
+        latency_us={
+            "mean": statistics.fmean(latencies) * 1e6 if latencies else 0.0,
+            "max": max(latencies, default=0.0) * 1e6,
+            "p50": statistics.median(latencies) * 1e6 if latencies else 0.0,
+        },
+        server_cpu_s=cpu1 - cpu0,
+        client_cpu_s=self1 - self0,
+        body_bytes=0,
+        machine=machine_split(m0, m1),
+    )
+
+
+def get_once(
+    args: argparse.Namespace,
+    server: Server,
+    path: str,
+    client: str,
+    connections: int,
+    size: int,
+    wrk_log: Path,
+) -> Run:
+    """One measured GET run with ``client`` ("wrk" or "py"), after a 1 s unmeasured warm-up."""
+    if client == "wrk":
+        url, script = server.url + path, LUA_DIR / "get.lua"
+        run_wrk(args, server, url, script, connections, 1, size, wrk_log)
+        return run_wrk(args, server, url, script, connections, args.duration, size, wrk_log)
+    py_get(server, path, connections, 1, args.recv_size)
+    return py_get(server, path, connections, args.duration, args.recv_size)
 
 
 # -- PUT from this process ----------------------------------------------------------------------
@@ -513,14 +712,14 @@ def put_streams(
     threads = [threading.Thread(target=worker, args=(s,), daemon=True) for s in streams]
     for t in threads:
         t.start()
-    cpu0, self0 = server.cpu_seconds(), time.process_time()
+    cpu0, self0, m0 = server.cpu_seconds(), time.process_time(), cpu_times()
     with contextlib.suppress(threading.BrokenBarrierError):
         barrier.wait()
     t0 = time.perf_counter()
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - t0
-    cpu1, self1 = server.cpu_seconds(), time.process_time()
+    cpu1, self1, m1 = server.cpu_seconds(), time.process_time(), cpu_times()
     if failures:
         raise BenchError(f"PUT stream failed: {failures[0]!r}")
     bad = [s for s in statuses if s != 201]
@@ -541,6 +740,7 @@ def put_streams(
         server_cpu_s=cpu1 - cpu0,
         client_cpu_s=self1 - self0,
         body_bytes=size,
+        machine=machine_split(m0, m1),
     )
     return run, latencies
 
@@ -615,21 +815,28 @@ def table_rows(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
         "origin/nginx",
         "origin p50 ms",
         "nginx p50 ms",
-        "CPU% origin/nginx/client",
+        "MiB/s range o; n",
+        "server CPU% o/n",
+        "client CPU% o/n",
+        "other CPU% o/n",
         "target",
     ]
     body = []
     for row in rows:
         o, n = row.origin, row.nginx
-        cpu = "/".join(
-            [
-                fmt(o.server_cpu_pct if o else None),
-                fmt(n.server_cpu_pct if n else None),
-                fmt(o.client_cpu_pct if o else None),
-            ]
+        cpu = "/".join([fmt(o.server_cpu_pct if o else None), fmt(n.server_cpu_pct if n else None)])
+        client_cpu = "/".join(
+            [fmt(o.client_cpu_pct if o else None), fmt(n.client_cpu_pct if n else None)]
+        )
+        idle = "/".join([fmt(o.other_cpu_pct if o else None), fmt(n.other_cpu_pct if n else None)])
+        spread = "; ".join(
+            f"{min(r.mibs for r in runs):,.0f}-{max(r.mibs for r in runs):,.0f}"
+            for runs in (row.origin_runs, row.nginx_runs)
+            if runs
         )
         if row.extra_mibs is not None:
-            cpu = "-"
+            cpu = client_cpu = idle = "-"
+            spread = row.note
         if row.met is None:
             verdict = row.target or ""
         else:
@@ -648,7 +855,10 @@ def table_rows(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
                 + ("%" if row.ratio is not None else ""),
                 fmt(o.latency_us["p50"] / 1000 if o else None, ",.2f"),
                 fmt(n.latency_us["p50"] / 1000 if n else None, ",.2f"),
+                spread or "-",
                 cpu,
+                client_cpu,
+                idle,
                 verdict,
             ]
         )
@@ -682,7 +892,22 @@ def machine_info(args: argparse.Namespace, data_dir: Path) -> dict[str, str]:
         [str(venv_python), "-c", "import aiohttp; print(aiohttp.__version__)"]
     )
     fs = run_text(["findmnt", "-n", "-o", "FSTYPE,SOURCE,OPTIONS", "-T", str(data_dir)])
+    commit = run_text(["git", "-C", str(REPO), "log", "-1", "--format=%h %s"])
+    dirty = run_text(
+        [
+            "git",
+            "-C",
+            str(REPO),
+            "status",
+            "--porcelain",
+            "--",
+            ".",
+            ":!bench",
+            ":!docs/BENCHMARKS.md",
+        ]
+    )
     return {
+        "origin commit": commit[:90] + (" (+ uncommitted changes)" if dirty else ""),
         "nproc": run_text(["nproc"]),
         "cpu": (model.group(1).strip() if model else "?")
         + (f" ({float(mhz.group(1)):.0f} MHz)" if mhz else ""),
@@ -753,28 +978,31 @@ def bench(args: argparse.Namespace, work: Path) -> tuple[list[Row], dict[str, st
                         f" (expected 200, {size})"
                     )
 
-        get_script = LUA_DIR / "get.lua"
-        for size, nconn, digest, _ in get_blobs:
-            row = Row(test=f"GET {human_size(size)}", connections=nconn)
+        cases: list[tuple[str, int, int, str]] = []  # test, size, connections, client
+        for size, nconn, _, _ in get_blobs:
+            cases.append((f"GET {human_size(size)} (wrk)", size, nconn, "wrk"))
+        if args.py_get:
+            cases.append((f"GET {human_size(sizes.large)} (py client)", sizes.large, 0, "py"))
+        digests = {size: digest for size, _, digest, _ in get_blobs}
+        for test, size, nconn, client in cases:
+            nconn = nconn or args.large_connections
+            row = Row(test=test, connections=nconn)
+            threshold = 0.0
             if size == sizes.large:
                 row.target, threshold = f">= {TARGET_GET_64M:.0%} of nginx", TARGET_GET_64M
             elif size == sizes.medium:
                 row.target, threshold = f">= {TARGET_GET_1M:.0%} of nginx", TARGET_GET_1M
-            else:
-                threshold = 0.0
             for rnd in range(args.rounds):
                 order = (origin, nginx) if rnd % 2 == 0 else (nginx, origin)
                 for server in order:
-                    url = f"{server.url}/blobs/{digest}"
-                    # A short unmeasured run first: connections set up, caches warm.
-                    run_wrk(args, server, url, get_script, nconn, 1, size, wrk_log)
-                    run = run_wrk(
-                        args, server, url, get_script, nconn, args.duration, size, wrk_log
-                    )
+                    path = f"/blobs/{digests[size]}"
+                    one = partial(get_once, args, server, path, client, nconn, size, wrk_log)
+                    run = measure(args, f"{test} {server.name}", one)
                     (row.origin_runs if server is origin else row.nginx_runs).append(run)
                     log(
                         f"{row.test} round {rnd + 1} {server.name}: {run.rps:,.1f} req/s,"
-                        f" {run.mibs:,.0f} MiB/s, server CPU {run.server_cpu_pct:.0f}%"
+                        f" {run.mibs:,.0f} MiB/s, CPU server {run.server_cpu_pct:.0f}%"
+                        f" client {run.client_cpu_pct:.0f}%"
                     )
             row.origin, row.nginx = median_run(row.origin_runs), median_run(row.nginx_runs)
             if threshold and row.ratio is not None:
@@ -787,16 +1015,20 @@ def bench(args: argparse.Namespace, work: Path) -> tuple[list[Row], dict[str, st
         env = {"BENCH_PUT_FILE": str(put_file), "BENCH_PUT_TOKEN": token}
         put_url = f"{origin.url}/blobs/{put_digest}"
         for _ in range(args.rounds):
-            run = run_wrk(
+            run = measure(
                 args,
-                origin,
-                put_url,
-                LUA_DIR / "put.lua",
-                args.put_connections,
-                args.put_duration,
-                sizes.large,
-                wrk_log,
-                env,
+                row.test,
+                lambda: run_wrk(
+                    args,
+                    origin,
+                    put_url,
+                    LUA_DIR / "put.lua",
+                    args.put_connections,
+                    args.put_duration,
+                    sizes.large,
+                    wrk_log,
+                    env,
+                ),
             )
             row.origin_runs.append(run)
             log(f"{row.test}: {run.rps:,.1f} req/s, {run.mibs:,.0f} MiB/s")
@@ -811,16 +1043,20 @@ def bench(args: argparse.Namespace, work: Path) -> tuple[list[Row], dict[str, st
                 target=f">= {TARGET_PUT_MIBS:.0f} MiB/s",
             )
             for rnd in range(args.rounds):
-                blobs = distinct_blobs(put_base, args.put_count, f"r{rnd}s{nstreams}")
-                streams = [blobs[i::nstreams] for i in range(nstreams)]
-                run, _ = put_streams(origin, token, streams)
+
+                def put_once(nstreams: int = nstreams) -> Run:
+                    # Fresh blobs for every attempt: each PUT must create a new blob.
+                    blobs = distinct_blobs(put_base, args.put_count, secrets.token_hex(4))
+                    streams = [blobs[i::nstreams] for i in range(nstreams)]
+                    run, _ = put_streams(origin, token, streams)
+                    for digest, blob in blobs:
+                        on_disk = shard_path(data_dir, digest)
+                        if on_disk.stat().st_size != len(blob):
+                            raise BenchError(f"{on_disk} has the wrong size after PUT")
+                    return run
+
+                run = measure(args, row.test, put_once)
                 row.origin_runs.append(run)
-                for digest, blob in blobs:
-                    on_disk = shard_path(data_dir, digest)
-                    if on_disk.stat().st_size != len(blob):
-                        raise BenchError(f"{on_disk} has the wrong size after PUT")
-                blobs.clear()
-                streams.clear()
                 log(
                     f"{row.test} round {rnd + 1}: {run.mibs:,.0f} MiB/s"
                     f" ({run.requests} x 64 MiB in {run.duration_s:.2f} s,"
@@ -833,9 +1069,11 @@ def bench(args: argparse.Namespace, work: Path) -> tuple[list[Row], dict[str, st
         # The disk itself, on the data directory's file system, with the same 64 MiB.
         for direct in (False, True):
             name = "dd 64 MiB bs=1M conv=fsync" + (" oflag=direct" if direct else "")
+            wait_quiet(args, name)
             speeds = [run_dd(put_file, data_dir, direct, logs / "dd.log") for _ in range(3)]
             log(f"{name}: {', '.join(f'{s:,.0f}' for s in speeds)} MiB/s")
-            rows.append(Row(test=name, extra_mibs=statistics.median(speeds)))
+            spread = f"{min(speeds):,.0f}-{max(speeds):,.0f}"
+            rows.append(Row(test=name, extra_mibs=statistics.median(speeds), note=spread))
     except BaseException:
         for server in servers:
             tail = server.log_tail(15)
@@ -875,14 +1113,39 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--nginx", default="nginx", help="the nginx executable")
     p.add_argument("--wrk", default="wrk", help="the wrk executable")
     p.add_argument("--workers", type=int, default=2, help="origin --workers = nginx workers")
-    p.add_argument("--duration", type=float, default=8, help="seconds per measured GET run")
-    p.add_argument("--put-duration", type=float, default=8, help="seconds per wrk PUT run")
+    p.add_argument("--duration", type=float, default=6, help="seconds per measured GET run")
+    p.add_argument("--put-duration", type=float, default=6, help="seconds per wrk PUT run")
     p.add_argument("--rounds", type=int, default=3, help="rounds per test; medians reported")
     p.add_argument("--threads", type=int, default=2, help="wrk threads (<= cores)")
     p.add_argument("--connections", type=int, default=16, help="wrk connections, 4 KiB, 1 MiB")
     p.add_argument("--large-connections", type=int, default=4, help="wrk connections, 64 MiB")
     p.add_argument("--put-connections", type=int, default=2, help="wrk connections, PUT")
-    p.add_argument("--put-count", type=int, default=4, help="new 64 MiB blobs per PUT round")
+    p.add_argument("--put-count", type=int, default=6, help="new 64 MiB blobs per PUT round")
+    p.add_argument(
+        "--no-py-get",
+        dest="py_get",
+        action="store_false",
+        help="skip the second 64 MiB GET client (Python, large reads)",
+    )
+    p.add_argument(
+        "--recv-size", type=int, default=1 * MiB, help="bytes per recv of the Python GET client"
+    )
+    p.add_argument(
+        "--quiet-idle",
+        type=float,
+        default=80,
+        help="before each run, wait until the machine is this %% idle (other load skews results)",
+    )
+    p.add_argument(
+        "--quiet-wait", type=float, default=60, help="seconds to wait for that; 0: do not wait"
+    )
+    p.add_argument(
+        "--max-other",
+        type=float,
+        default=30,
+        help="CPU%% of other load during a run above which it is measured again",
+    )
+    p.add_argument("--retries", type=int, default=2, help="how often a run is measured again")
     p.add_argument("--start-timeout", type=float, default=60, help="seconds for a server to start")
     p.add_argument(
         "--origin-env",
