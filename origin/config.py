@@ -80,6 +80,42 @@ class Config:
     access_log: bool = False
     # Admin bearer token given by the operator instead of the generated one; never in a file.
     admin_token: str | None = field(default=None, repr=False)
+    # Recommender (README "Recommender"). Event kinds and their weights, "kind:weight,...";
+    # POST /events refuses other kinds.
+    recommender_kinds: str = "download:1,use:2,like:4"
+    # Seconds between scheduled trainings (each worker tries; the catalog lease lets one run);
+    # 0 disables the schedule (POST /admin/recommender/train and the CLI still train).
+    recommender_train_interval: float = 3600.0
+    recommender_poll_interval: float = 3.0  # how often each worker looks for a newer model
+    recommender_flush_interval: float = 0.5  # buffered events reach the catalog within this
+    recommender_buffer_size: int = 100_000  # events held per worker; then writers wait
+    recommender_batch_size: int = 2_000  # rows per INSERT
+    recommender_max_batch: int = 10_000  # events per POST /events
+    recommender_factors: int = 64
+    recommender_iterations: int = 15
+    recommender_regularization: float = 0.05
+    recommender_alpha: float = 10.0
+    recommender_half_life: float = 0.0  # seconds; events lose half their weight per; 0: none
+    recommender_lease_ttl: float = 120.0  # a trainer that stops renewing loses the lease
+
+    @property
+    def recommender_kind_weights(self) -> dict[str, float]:
+        weights: dict[str, float] = {}
+        for part in self.recommender_kinds.split(","):
+            kind, sep, weight = part.partition(":")
+            if not sep or not kind.strip() or kind.strip() in weights:
+                raise ValueError(f"expected kind:weight, got {part!r}")
+            value = float(weight)
+            if not (0 < value < float("inf")):
+                raise ValueError(f"weight of {kind.strip()!r} must be positive")
+            weights[kind.strip()] = value
+        return weights
+
+    def _kinds_ok(self) -> bool:
+        try:
+            return bool(self.recommender_kind_weights)
+        except ValueError:
+            return False
 
     @property
     def catalog_url(self) -> str:
@@ -114,6 +150,28 @@ class Config:
             ("host", bool(self.host), "must not be empty"),
             ("admin_token", self.admin_token is None or len(self.admin_token) >= 16,
              "must be at least 16 characters"),
+            ("recommender_kinds", self._kinds_ok(),
+             "must be kind:weight pairs with positive weights, e.g. download:1,use:2,like:4"),
+            ("recommender_train_interval", self.recommender_train_interval >= 0,
+             "must not be negative (0 disables)"),
+            ("recommender_poll_interval", 0.05 <= self.recommender_poll_interval <= 3600,
+             "must be 0.05..3600 seconds"),
+            ("recommender_flush_interval", 0.01 <= self.recommender_flush_interval <= 60,
+             "must be 0.01..60 seconds"),
+            ("recommender_buffer_size", self.recommender_buffer_size >= self.recommender_max_batch,
+             "must hold at least recommender_max_batch events"),
+            ("recommender_batch_size", 1 <= self.recommender_batch_size <= 10_000,
+             "must be 1..10000 (rows per INSERT)"),
+            ("recommender_max_batch", self.recommender_max_batch >= 1, "must be positive"),
+            ("recommender_factors", 1 <= self.recommender_factors <= 1024, "must be 1..1024"),
+            ("recommender_iterations", 1 <= self.recommender_iterations <= 1000,
+             "must be 1..1000"),
+            ("recommender_regularization", self.recommender_regularization >= 0,
+             "must not be negative"),
+            ("recommender_alpha", self.recommender_alpha > 0, "must be positive"),
+            ("recommender_half_life", self.recommender_half_life >= 0,
+             "must not be negative (0: no decay)"),
+            ("recommender_lease_ttl", self.recommender_lease_ttl >= 1, "must be >= 1 second"),
         ]  # fmt: skip
         for key, ok, why in checks:
             if not ok:
