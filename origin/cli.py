@@ -28,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     serve_p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve_p.add_argument("--port", type=int, help="port to listen on; 0 picks a free one")
     serve_p.add_argument("--workers", type=int, help="processes sharing the port (SO_REUSEPORT)")
+    # Also after ``serve`` (the documented form); SUPPRESS keeps a value given before it.
+    serve_p.add_argument("--data-dir", default=argparse.SUPPRESS, help="as above")
 
     db_p = sub.add_parser("db", help="the catalog's schema")
     db_sub = db_p.add_subparsers(dest="db_command", required=True)

@@ -58,7 +58,7 @@ class LiveOrigin:
     def start(self, timeout: float = 30.0) -> LiveOrigin:
         env = {**os.environ, "ORIGIN_ADMIN_TOKEN": self.token, **self.env}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "origin", "--data-dir", str(self.data_dir), "serve",
+            [sys.executable, "-m", "origin", "serve", "--data-dir", str(self.data_dir),
              "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers)],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

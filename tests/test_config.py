@@ -61,3 +61,24 @@ def test_parse_size(n: int, unit: str) -> None:
     factor = {"": 1, "B": 1, "KiB": 1024, "MiB": 1 << 20, "GiB": 1 << 30, "kb": 1000, "MB": 10**6}
     assert parse_size(f"{n}{unit}") == n * factor[unit]
     assert parse_size(f" {n} {unit} ") == n * factor[unit]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["serve", "--data-dir", "/srv/x", "--port", "0"],  # the documented form
+        ["--data-dir", "/srv/x", "serve", "--port", "0"],
+    ],
+)
+def test_serve_takes_data_dir_before_or_after_the_command(argv: list[str]) -> None:
+    from origin.cli import _parser
+
+    args = _parser().parse_args(argv)
+    assert args.data_dir == "/srv/x"
+    assert args.port == 0
+
+
+def test_serve_without_data_dir_keeps_the_default() -> None:
+    from origin.cli import _parser
+
+    assert _parser().parse_args(["serve"]).data_dir is None
