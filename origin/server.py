@@ -94,10 +94,23 @@ def prepare_metrics_dir(config: Config) -> None:
     Only for several workers: they are spawned, so they import prometheus-client after this
     variable is set, which is when it chooses its multiprocess mode. One worker serving in this
     process keeps the ordinary in-memory registry.
+
+    One directory per server (``metrics/<pid>``): two servers on one data directory (a new one
+    started before the old one stops, a benchmark) must not wipe each other's counters. Those
+    of servers that are gone are removed.
     """
-    path = config.data_dir / "metrics"
+    root = config.data_dir / "metrics"
+    root.mkdir(parents=True, exist_ok=True)
+    for old in root.iterdir():
+        if old.name.isdigit() and os.path.exists(f"/proc/{old.name}"):
+            continue
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
+    path = root / str(os.getpid())
     shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True)
+    path.mkdir()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
 
 

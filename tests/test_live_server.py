@@ -350,6 +350,8 @@ def test_metrics_add_up_across_workers(tmp_path: Path) -> None:
         assert http(origin, "PUT", f"/blobs/{b3(data)}", data, auth(origin))[0] == 201
         for _ in range(40):  # new connections: the kernel spreads them over both workers
             assert http(origin, "GET", f"/blobs/{b3(data)}") == (200, data)
+        # A second server on the same data directory keeps its counters apart.
+        LiveOrigin(tmp_path / "d", workers=2).start().stop()
         time.sleep(1.5)  # each worker flushes its counts once a second
         _, body = http(origin, "GET", "/metrics")
         values = {}
