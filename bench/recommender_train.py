@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -130,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=500, help="serving calls per kind")
     parser.add_argument("--serve-blas-threads", type=int, default=1)
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--keep-model", type=Path, help="copy the saved model file here")
     args = parser.parse_args(argv)
 
     print(
@@ -179,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
             save_model(model, path)
             phase.notes = {"mib": round(path.stat().st_size / 2**20)}
         del model
+        if args.keep_model:
+            shutil.copyfile(path, args.keep_model)
         with report.phase("load") as phase:
             loaded = load_model(path)
         del loaded
