@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -32,6 +33,7 @@ from .etags import if_range_allows, none_match
 from .gltf import read_facts
 from .problems import Problem
 from .ranges import ByteRange, RangeNotSatisfiable, parse_range
+from .recommend_routes import note_blob_download
 from .sendfile import SendfileResponse
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,10 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
     info = await store.stat(digest)
     if info is None:
         raise problems.not_found(f"no blob {digest}")
+    # Anonymous reads (the CDN's hot path) pay for this one lookup only.
+    authorization = request.headers.get("Authorization")
+    if authorization is not None and request.method == "GET":
+        note_blob_download(request, authorization, digest.hex)
     headers = _blob_headers(info)
     if_none_match = request.headers.get("If-None-Match")
     if if_none_match is not None and none_match(if_none_match, digest.hex):
@@ -82,6 +88,11 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
     headers["Content-Length"] = str(count)
     if request.method == "HEAD":
         return web.Response(status=status, headers=headers)
+    accel = request.app[CONFIG].accel_redirect
+    if accel is not None and info.size > _SENDFILE_MIN:
+        redirect = await _accel_redirect(accel, store.local_path(digest), headers)
+        if redirect is not None:
+            return redirect
     if count > _SENDFILE_MIN and (path := store.local_path(digest)) is not None:
         try:
             file = await asyncio.to_thread(open, path, "rb")
@@ -90,6 +101,22 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
         else:
             return SendfileResponse(file, start, count, status=status, headers=headers)
     return await _from_store(request, digest, status, headers, start, count)
+
+
+async def _accel_redirect(
+    prefix: str, path: Path | None, headers: dict[str, str]
+) -> web.Response | None:
+    """``X-Accel-Redirect`` to the blob's file under nginx's internal ``prefix``, or None when
+    the bytes are not a local file. nginx sends the file and applies the client's Range itself
+    (the range was checked here, so a 416 is still ours) and computes the length."""
+    if path is None or not await asyncio.to_thread(path.is_file):
+        return None
+    # nginx announces Accept-Ranges itself for a file; a copy of ours would be a second one.
+    dropped = ("Content-Length", "Content-Range", "Accept-Ranges")
+    kept = {k: v for k, v in headers.items() if k not in dropped}
+    # The file's place below the blob directory: ab/cd/<digest>.
+    kept["X-Accel-Redirect"] = prefix.rstrip("/") + "/" + "/".join(path.parts[-3:])
+    return web.Response(status=200, headers=kept)
 
 
 def _requested_range(request: web.Request, info: BlobInfo) -> ByteRange | None:

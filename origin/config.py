@@ -78,6 +78,10 @@ class Config:
     log_level: str = "info"
     # Per-request log lines; off by default because the edge (nginx) keeps the access log.
     access_log: bool = False
+    # X-Accel-Redirect mode, when nginx shares the origin's disk: the internal nginx location
+    # (a URI prefix such as /_accel/) under which it finds data_dir's blob files. A GET served
+    # from a local file then answers with the headers and that URI; nginx sends the bytes.
+    accel_redirect: str | None = None
     # Admin bearer token given by the operator instead of the generated one; never in a file.
     admin_token: str | None = field(default=None, repr=False)
     # Recommender (README "Recommender"). Event kinds and their weights, "kind:weight,...";
@@ -144,6 +148,9 @@ class Config:
              "is required with sftp_url (host keys are always checked)"),
             ("sftp_pool", 1 <= self.sftp_pool <= 64, "must be 1..64"),
             ("disk_cache_size", self.disk_cache_size > 0, "must be positive"),
+            ("accel_redirect", self.accel_redirect is None
+             or re.fullmatch(r"/[A-Za-z0-9._~/-]*", self.accel_redirect) is not None,
+             "must be a URI path such as /_accel/ (letters, digits, . _ ~ - and /)"),
             ("database_url", self.database_url is None or self.database_url.startswith(
                 ("cockroachdb+asyncpg://", "postgresql+asyncpg://", "sqlite+aiosqlite://")),
              "must be a cockroachdb+asyncpg://, postgresql+asyncpg:// or sqlite+aiosqlite:// URL"),

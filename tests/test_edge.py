@@ -1,0 +1,419 @@
+"""The nginx edge (nginx/edge.conf.template), a real nginx in front of a real ``origin serve``.
+
+Cache mode: proxy_cache with slices, cache lock, stale serving, streamed uploads. X-Accel-Redirect
+mode: the origin names its own file and nginx sends it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.client
+import os
+import re
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import blake3
+import psutil
+import pytest
+
+from origin.config import ConfigError, load_config
+
+from .conftest import ADMIN_TOKEN, LiveOrigin
+from .nginx_server import TEMPLATE, EdgeNginx, nginx_binary, placeholders
+
+MiB = 1 << 20
+SLICE = 8 * MiB
+IMMUTABLE = "public, max-age=31536000, immutable"
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+pytestmark = pytest.mark.skipif(nginx_binary() is None, reason="nginx is not installed")
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: http.client.HTTPMessage
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name)
+
+
+def call(
+    base: str,
+    method: str,
+    path: str,
+    body: bytes | Iterator[bytes] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Reply:
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=120)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return Reply(resp.status, resp.headers, resp.read())
+    finally:
+        conn.close()
+
+
+def pattern_blob(size: int, tag: bytes) -> bytes:
+    """``size`` bytes fast: one random MiB repeated, each MiB stamped with its index and tag,
+    so every range is distinct and every blob new."""
+    block = os.urandom(MiB)
+    return b"".join(
+        (b"%s:%08d:" % (tag, i) + block)[: min(MiB, size - i * MiB)]
+        for i in range((size + MiB - 1) // MiB)
+    )
+
+
+def store(origin: LiveOrigin, data: bytes, content_type: str = "model/gltf-binary") -> str:
+    digest = blake3.blake3(data).hexdigest()
+    headers = {**AUTH, "Content-Type": content_type}
+    reply = call(origin.url, "PUT", f"/blobs/{digest}", data, headers)
+    assert reply.status == 201, reply.body
+    return str(digest)
+
+
+def origin_gets(origin: LiveOrigin, digest: str) -> list[str]:
+    """The origin's access-log lines for GETs of ``digest``, once the log has caught up."""
+    marker = f"/healthz?mark={time.monotonic_ns()}"
+    assert call(origin.url, "GET", marker).status == 200
+    deadline = time.monotonic() + 10
+    while not any(marker in line for line in origin.output) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return [line for line in origin.output if f'"GET /blobs/{digest} ' in line]
+
+
+def logged_status(line: str) -> int:
+    match = re.search(r'HTTP/1\.1" (\d{3}) ', line)
+    assert match, line
+    return int(match.group(1))
+
+
+# -- fixtures ---------------------------------------------------------------------------------
+
+
+def _origin(data_dir: Path, **env: str) -> LiveOrigin:
+    return LiveOrigin(data_dir=data_dir, env={"ORIGIN_ACCESS_LOG": "true", **env}).start()
+
+
+@pytest.fixture(scope="module")
+def cached(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveOrigin, EdgeNginx]]:
+    """Cache mode: an origin and the edge in front of it, shared by the module's tests."""
+    root = tmp_path_factory.mktemp("edge")
+    origin = _origin(root / "data")
+    edge = EdgeNginx(root / "nginx", [f"127.0.0.1:{origin.port}"], workers=2)
+    try:
+        edge.start()
+        yield origin, edge
+    finally:
+        edge.stop()
+        origin.stop()
+
+
+@pytest.fixture(scope="module")
+def accel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveOrigin, EdgeNginx]]:
+    """X-Accel-Redirect mode: nginx reads the origin's blob directory itself."""
+    root = tmp_path_factory.mktemp("accel")
+    origin = _origin(root / "data", ORIGIN_ACCEL_REDIRECT="/_accel/")
+    edge = EdgeNginx(
+        root / "nginx",
+        [f"127.0.0.1:{origin.port}"],
+        blob_cache="off",
+        accel_prefix="/_accel/",
+        accel_root=root / "data" / "blobs",
+    )
+    try:
+        edge.start()
+        yield origin, edge
+    finally:
+        edge.stop()
+        origin.stop()
+
+
+# -- the template -----------------------------------------------------------------------------
+
+
+def test_template_documents_every_placeholder() -> None:
+    text = TEMPLATE.read_text()
+    header = "\n".join(line for line in text.splitlines() if line.startswith("#"))
+    used = placeholders("\n".join(ln for ln in text.splitlines() if not ln.startswith("#")))
+    assert used
+    for name in used:
+        assert f"#   {name} " in header, f"{name} is not described at the top of the template"
+    readme = (TEMPLATE.parent / "README.md").read_text()
+    assert all(name in readme for name in used)
+
+
+# -- cache mode -------------------------------------------------------------------------------
+
+
+def test_second_get_is_a_hit_with_the_origins_headers(
+    cached: tuple[LiveOrigin, EdgeNginx],
+) -> None:
+    origin, edge = cached
+    data = pattern_blob(300_000, b"hit")
+    reply = call(edge.url, "POST", "/blobs", data, {**AUTH, "Content-Type": "model/gltf-binary"})
+    assert reply.status == 201, reply.body
+    digest = blake3.blake3(data).hexdigest()
+    path = f"/blobs/{digest}"
+    # Godot and browsers ask for gzip; a blob is never compressed.
+    ask = {"Accept-Encoding": "gzip, deflate"}
+    first, second = (
+        call(edge.url, "GET", path, headers=ask),
+        call(edge.url, "GET", path, headers=ask),
+    )
+    assert (first.status, first.header("X-Cache-Status")) == (200, "MISS")
+    assert (second.status, second.header("X-Cache-Status")) == (200, "HIT")
+    sha = hashlib.sha256(data).digest()
+    for reply in (first, second):
+        assert reply.body == data
+        assert reply.header("Content-Length") == str(len(data))
+        assert reply.header("ETag") == f'"{digest}"'
+        assert reply.header("Cache-Control") == IMMUTABLE
+        assert reply.header("Content-Type") == "model/gltf-binary"
+        assert reply.header("Repr-Digest") == f"sha-256=:{base64.b64encode(sha).decode()}:"
+        assert reply.header("Content-Encoding") is None
+    head = call(edge.url, "HEAD", path)
+    assert (head.status, head.header("X-Cache-Status")) == (200, "HIT")
+    assert head.header("Content-Length") == str(len(data))
+    not_modified = call(edge.url, "GET", path, headers={"If-None-Match": f'"{digest}"'})
+    assert (not_modified.status, not_modified.body) == (304, b"")
+    assert len(origin_gets(origin, digest)) == 1
+
+
+def test_missing_blob_is_not_cached(cached: tuple[LiveOrigin, EdgeNginx]) -> None:
+    origin, edge = cached
+    data = pattern_blob(5000, b"late")
+    digest = blake3.blake3(data).hexdigest()
+    assert call(edge.url, "GET", f"/blobs/{digest}").status == 404
+    # Uploaded after a client saw the 404: the next GET finds it.
+    store(origin, data)
+    reply = call(edge.url, "GET", f"/blobs/{digest}")
+    assert (reply.status, reply.body) == (200, data)
+    assert call(edge.url, "GET", "/blobs/not-a-digest").status == 400
+
+
+def test_empty_blob_and_ranges_past_the_end(cached: tuple[LiveOrigin, EdgeNginx]) -> None:
+    origin, edge = cached
+    empty = store(origin, b"")
+    reply = call(edge.url, "GET", f"/blobs/{empty}")
+    assert (reply.status, reply.body, reply.header("Content-Length")) == (200, b"", "0")
+    data = pattern_blob(100_000, b"end")
+    digest = store(origin, data)
+    past = call(edge.url, "GET", f"/blobs/{digest}", headers={"Range": "bytes=200000-"})
+    assert past.status == 416
+    assert past.header("Content-Range") == f"bytes */{len(data)}"
+    tail = call(edge.url, "GET", f"/blobs/{digest}", headers={"Range": "bytes=-1000"})
+    assert (tail.status, tail.body) == (206, data[-1000:])
+
+
+def test_range_on_a_large_blob_fetches_only_the_slices_it_touches(
+    cached: tuple[LiveOrigin, EdgeNginx],
+) -> None:
+    origin, edge = cached
+    data = pattern_blob(64 * MiB, b"slices")
+    digest = store(origin, data)
+    path = f"/blobs/{digest}"
+    before = set(edge.cache_files())
+
+    start = 20_000_000  # inside slice 2 (16 MiB .. 24 MiB)
+    reply = call(edge.url, "GET", path, headers={"Range": f"bytes={start}-{start + 999}"})
+    assert reply.status == 206
+    assert reply.body == data[start : start + 1000]
+    assert reply.header("Content-Range") == f"bytes {start}-{start + 999}/{len(data)}"
+    new = set(edge.cache_files()) - before
+    assert len(new) == 1
+    assert SLICE <= sum(p.stat().st_size for p in new) < SLICE + 64 * 1024
+    gets = origin_gets(origin, digest)
+    assert [logged_status(line) for line in gets] == [206]
+
+    # Across the boundary of slices 2 and 3: only slice 3 is new.
+    edge_at = 3 * SLICE
+    reply = call(edge.url, "GET", path, headers={"Range": f"bytes={edge_at - 10}-{edge_at + 9}"})
+    assert (reply.status, reply.body) == (206, data[edge_at - 10 : edge_at + 10])
+    assert len(set(edge.cache_files()) - before) == 2
+    assert [logged_status(line) for line in origin_gets(origin, digest)] == [206, 206]
+
+
+def test_concurrent_cold_gets_reach_the_origin_once(cached: tuple[LiveOrigin, EdgeNginx]) -> None:
+    origin, edge = cached
+    data = pattern_blob(20 * MiB, b"herd")  # three slices
+    digest = store(origin, data)
+
+    def get(_: int) -> Reply:
+        return call(edge.url, "GET", f"/blobs/{digest}")
+
+    with ThreadPoolExecutor(12) as pool:
+        replies = list(pool.map(get, range(12)))
+    assert all(r.status == 200 and r.body == data for r in replies)
+    # One request per slice, whatever the number of clients.
+    assert [logged_status(line) for line in origin_gets(origin, digest)] == [206, 206, 206]
+
+
+def test_upload_through_the_edge_streams(cached: tuple[LiveOrigin, EdgeNginx]) -> None:
+    origin, edge = cached
+    size, block = 256 * MiB, os.urandom(MiB)
+
+    midway: list[int] = []
+
+    def chunks(watch: bool = False) -> Iterator[bytes]:
+        for i in range(size // MiB):
+            if watch and i == 192:
+                # What the origin has already written while the client is still sending.
+                parts = (origin.data_dir / "tmp").glob("*.part")
+                midway.append(sum(p.stat().st_size for p in parts))
+            yield i.to_bytes(8, "big") + block[8:]
+
+    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    for chunk in chunks():
+        hasher.update(chunk)
+    digest = hasher.hexdigest()
+    [pid] = origin.server_pids()
+    worker = psutil.Process(pid)
+    nginx_workers = psutil.Process(edge.pid).children()
+    base_rss = worker.memory_info().rss
+    peak = {"origin": 0, "nginx": 0}
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak["origin"] = max(peak["origin"], worker.memory_info().rss)
+            peak["nginx"] = max(peak["nginx"], *(p.memory_info().rss for p in nginx_workers))
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        headers = {**AUTH, "Content-Type": "application/octet-stream", "Content-Length": str(size)}
+        reply = call(edge.url, "PUT", f"/blobs/{digest}", chunks(watch=True), headers)
+    finally:
+        done.set()
+        sampler.join()
+    assert reply.status == 201, reply.body
+    # Streamed: three quarters into the body, most of it had reached the origin's temp file
+    # (buffered by nginx, none would have), and neither process held it in memory.
+    assert len(midway) == 1
+    assert midway[0] > 128 * MiB, midway
+    assert peak["origin"] - base_rss < 64 * MiB, (base_rss, peak)
+    assert peak["nginx"] < 64 * MiB, peak
+    stored = origin.data_dir / "blobs" / digest[:2] / digest[2:4] / digest
+    assert stored.stat().st_size == size
+    on_disk = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    with stored.open("rb") as f:
+        while chunk := f.read(8 * MiB):
+            on_disk.update(chunk)
+    assert on_disk.hexdigest() == digest
+    head = call(edge.url, "HEAD", f"/blobs/{digest}")
+    assert (head.status, head.header("Content-Length")) == (200, str(size))
+
+
+def test_body_limit_is_enforced_at_the_edge(
+    tmp_path: Path, cached: tuple[LiveOrigin, EdgeNginx]
+) -> None:
+    origin, _ = cached
+    edge = EdgeNginx(tmp_path / "nginx", [f"127.0.0.1:{origin.port}"], max_body_size="1m")
+    edge.start()
+    try:
+        data = pattern_blob(2 * MiB, b"big")
+        digest = blake3.blake3(data).hexdigest()
+        reply = call(edge.url, "PUT", f"/blobs/{digest}", data, {**AUTH})
+        assert reply.status == 413
+        assert origin_gets(origin, digest) == []
+        small = pattern_blob(MiB // 2, b"small")
+        reply = call(edge.url, "POST", "/blobs", small, {**AUTH})
+        assert reply.status == 201
+    finally:
+        edge.stop()
+
+
+def test_cached_blob_is_served_while_the_origin_is_down(tmp_path: Path) -> None:
+    origin = _origin(tmp_path / "data")
+    edge = EdgeNginx(tmp_path / "nginx", [f"127.0.0.1:{origin.port}"])
+    try:
+        edge.start()
+        kept, lost = pattern_blob(3 * MiB, b"kept"), pattern_blob(4096, b"lost")
+        kept_digest, lost_digest = store(origin, kept), store(origin, lost)
+        assert call(edge.url, "GET", f"/blobs/{kept_digest}").body == kept
+        origin.stop()
+        reply = call(edge.url, "GET", f"/blobs/{kept_digest}")
+        assert (reply.status, reply.header("X-Cache-Status"), reply.body) == (200, "HIT", kept)
+        part = call(edge.url, "GET", f"/blobs/{kept_digest}", headers={"Range": "bytes=10-19"})
+        assert (part.status, part.body) == (206, kept[10:20])
+        assert call(edge.url, "GET", f"/blobs/{lost_digest}").status == 502
+    finally:
+        edge.stop()
+        origin.stop()
+
+
+# -- X-Accel-Redirect mode --------------------------------------------------------------------
+
+
+def test_accel_redirect_serves_the_origins_file(accel: tuple[LiveOrigin, EdgeNginx]) -> None:
+    origin, edge = accel
+    data = pattern_blob(3 * MiB, b"accel")  # above memory_max_object: never in memory
+    digest = store(origin, data, "model/gltf-binary")
+    path = f"/blobs/{digest}"
+    sha = hashlib.sha256(data).digest()
+
+    direct = call(origin.url, "GET", path)
+    assert direct.header("X-Accel-Redirect") == f"/_accel/{digest[:2]}/{digest[2:4]}/{digest}"
+    assert direct.body == b""
+
+    whole = call(edge.url, "GET", path)
+    assert (whole.status, whole.header("X-Cache-Status")) == (200, "ACCEL")
+    assert whole.body == data
+    assert whole.header("Content-Length") == str(len(data))
+    assert whole.header("ETag") == f'"{digest}"'
+    assert whole.header("Cache-Control") == IMMUTABLE
+    assert whole.header("Content-Type") == "model/gltf-binary"
+    assert whole.header("Repr-Digest") == f"sha-256=:{base64.b64encode(sha).decode()}:"
+    assert whole.headers.get_all("Accept-Ranges") == ["bytes"]
+    assert whole.header("Last-Modified") is None
+    assert whole.header("X-Accel-Redirect") is None
+
+    part = call(edge.url, "GET", path, headers={"Range": "bytes=1000000-2000000"})
+    assert (part.status, part.body) == (206, data[1_000_000:2_000_001])
+    assert part.header("Content-Range") == f"bytes 1000000-2000000/{len(data)}"
+    assert part.header("ETag") == f'"{digest}"'
+    suffix = call(edge.url, "GET", path, headers={"Range": "bytes=-10"})
+    assert (suffix.status, suffix.body) == (206, data[-10:])
+    fresh = call(edge.url, "GET", path, headers={"Range": "bytes=0-9", "If-Range": f'"{digest}"'})
+    assert (fresh.status, fresh.body) == (206, data[:10])
+    other = call(edge.url, "GET", path, headers={"Range": "bytes=0-9", "If-Range": '"other"'})
+    assert (other.status, other.body) == (200, data)
+
+    # Answered by the origin itself, as before.
+    past = call(edge.url, "GET", path, headers={"Range": f"bytes={len(data)}-"})
+    assert (past.status, past.header("Content-Range")) == (416, f"bytes */{len(data)}")
+    same = call(edge.url, "GET", path, headers={"If-None-Match": f'"{digest}"'})
+    assert (same.status, same.body) == (304, b"")
+    head = call(edge.url, "HEAD", path)
+    assert (head.status, head.header("Content-Length")) == (200, str(len(data)))
+    assert head.header("ETag") == f'"{digest}"'
+    # Clients cannot reach the internal location.
+    assert call(edge.url, "GET", f"/_accel/{digest[:2]}/{digest[2:4]}/{digest}").status == 404
+
+
+def test_accel_mode_small_blobs_come_from_the_origin(accel: tuple[LiveOrigin, EdgeNginx]) -> None:
+    origin, edge = accel
+    data = pattern_blob(4096, b"small")
+    digest = store(origin, data)
+    reply = call(edge.url, "GET", f"/blobs/{digest}")
+    assert (reply.status, reply.body) == (200, data)
+    assert reply.header("X-Cache-Status") != "ACCEL"
+    assert call(origin.url, "GET", f"/blobs/{digest}").header("X-Accel-Redirect") is None
+
+
+def test_accel_redirect_setting_is_checked() -> None:
+    assert load_config(env={"ORIGIN_ACCEL_REDIRECT": "/_accel/"}).accel_redirect == "/_accel/"
+    assert load_config(env={}).accel_redirect is None
+    for bad in ("_accel", "/a b/", "/x?y"):
+        with pytest.raises(ConfigError, match="accel_redirect"):
+            load_config(env={"ORIGIN_ACCEL_REDIRECT": bad})
