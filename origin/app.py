@@ -15,7 +15,7 @@ from aiohttp.typedefs import Handler
 from blobstore import BackendUnavailable, Digest, DiskBackend, SftpBackend
 from cache import CacheEvents, CacheTier, DiskCache, MemoryTier, RedisTier, TieredStore
 
-from . import asset_routes, blob_routes
+from . import asset_routes, blob_routes, recommend_routes
 from .appkeys import CATALOG, CONFIG, STORE, TIERS, TOKENS
 from .catalog import Catalog, CatalogBusy, check_schema, current_revision, upgrade
 from .config import Config
@@ -224,4 +224,5 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/metrics", metrics_handler)
     blob_routes.add_routes(app)
     asset_routes.add_routes(app)
+    recommend_routes.setup(app)  # after the catalog's startup hook: it polls the catalog
     return app

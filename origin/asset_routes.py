@@ -17,6 +17,7 @@ from .blob_routes import blob_facts
 from .catalog import Asset, AssetChanges, AssetNotFound, UnknownBlob, VersionConflict
 from .jsonld import LD_JSON, asset_document, asset_json
 from .problems import Problem
+from .recommend_routes import note_content_download
 
 _KIND = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 _MAX_NAME = 512
@@ -223,6 +224,7 @@ async def asset_content(request: web.Request) -> web.Response:
     asset = await request.app[CATALOG].asset(_asset_id(request))
     if asset is None:
         raise problems.not_found(f"no asset {request.match_info['asset_id']}")
+    await note_content_download(request, asset.id)
     return web.Response(
         status=302,
         headers={"Location": f"/blobs/{asset.blob_digest}", "Cache-Control": "no-cache"},

@@ -12,6 +12,7 @@ from .migrate import (
     head_revision,
     upgrade,
 )
+from .recommend import AssetBrief, EventRecord, ModelRecord, RecommenderCatalog
 from .records import (
     Asset,
     AssetChanges,
@@ -29,6 +30,7 @@ from .transactions import CatalogBusy, transaction
 
 __all__ = [
     "Asset",
+    "AssetBrief",
     "AssetChanges",
     "AssetNotFound",
     "AssetPage",
@@ -37,6 +39,9 @@ __all__ = [
     "Catalog",
     "CatalogBusy",
     "CatalogError",
+    "EventRecord",
+    "ModelRecord",
+    "RecommenderCatalog",
     "SchemaMismatch",
     "TokenRecord",
     "UnknownBlob",

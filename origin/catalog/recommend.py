@@ -1,0 +1,268 @@
+"""The recommender's queries: events in batches, models, the trainer's lease, asset facts.
+
+CockroachDB rules as everywhere in the catalog (docs/COCKROACHDB.md): every write in
+``transaction`` (retried on 40001), UUID keys made by the client, ``ON CONFLICT`` for the lease
+instead of advisory locks, keyset pages instead of long-lived cursors.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from .schema import assets, events, leases, models
+from .transactions import transaction
+
+# Bound on bind parameters per statement: SQLite allows 32766, PostgreSQL 32767.
+_MAX_PARAMS = 30_000
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """One stored event; ``weight`` multiplies the configured weight of ``kind``."""
+
+    id: uuid.UUID
+    user: str
+    asset: uuid.UUID
+    kind: str
+    weight: float
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRecord:
+    id: uuid.UUID
+    blob_digest: str
+    trained_at: datetime
+    details: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class AssetBrief:
+    """What serving needs to know about an asset: how to name it, filter it, and hide it."""
+
+    id: uuid.UUID
+    name: str
+    kind: str
+    blob_digest: str
+    deleted: bool
+    updated_at: datetime
+
+
+def _event(row: Any) -> EventRecord:
+    return EventRecord(row.id, row.user_id, row.asset_id, row.kind, row.weight, _utc(row.at))
+
+
+def _model(row: Any) -> ModelRecord:
+    return ModelRecord(row.id, row.blob_digest, _utc(row.trained_at), dict(row.details))
+
+
+class RecommenderCatalog:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    def _insert(self, table: Any) -> Any:
+        if self.engine.dialect.name == "sqlite":
+            return sqlite.insert(table)
+        return postgresql.insert(table)
+
+    # -- events -------------------------------------------------------------------------------
+
+    async def add_events(self, batch: Sequence[EventRecord]) -> None:
+        """The batch as multi-row INSERTs (one when it fits the parameter limit), in one
+        transaction. Ids are the client's, so a retried transaction cannot duplicate rows."""
+        if not batch:
+            return
+        rows = [
+            {"id": e.id, "user_id": e.user, "asset_id": e.asset, "kind": e.kind,
+             "weight": e.weight, "at": e.at}
+            for e in batch
+        ]  # fmt: skip
+        step = _MAX_PARAMS // 6
+
+        async def work(conn: AsyncConnection) -> None:
+            for start in range(0, len(rows), step):
+                await conn.execute(events.insert().values(rows[start : start + step]))
+
+        await transaction(self.engine, work)
+
+    async def user_events(
+        self, user: str, since: datetime | None, limit: int = 1000
+    ) -> list[EventRecord]:
+        """The user's newest events after ``since`` (all of them when None), newest first."""
+        query = select(events).where(events.c.user_id == user)
+        if since is not None:
+            query = query.where(events.c.at > since)
+        query = query.order_by(events.c.at.desc()).limit(limit)
+        async with self.engine.connect() as conn:
+            return [_event(r) for r in await conn.execute(query)]
+
+    async def event_pages(self, page: int = 50_000) -> AsyncIterator[list[EventRecord]]:
+        """Every event, in pages by id (short reads: no transaction stays open for the scan)."""
+        after: uuid.UUID | None = None
+        while True:
+            query = select(events).order_by(events.c.id).limit(page)
+            if after is not None:
+                query = query.where(events.c.id > after)
+            async with self.engine.connect() as conn:
+                rows = [_event(r) for r in await conn.execute(query)]
+            if not rows:
+                return
+            yield rows
+            after = rows[-1].id
+
+    async def event_count(self) -> int:
+        async with self.engine.connect() as conn:
+            return int((await conn.execute(select(func.count()).select_from(events))).scalar_one())
+
+    async def popularity(
+        self, kind_weights: Mapping[str, float], limit: int = 1000
+    ) -> list[tuple[uuid.UUID, float]]:
+        """Assets by summed event weight (kinds weighted as configured), for serving before a
+        first model exists; live assets only."""
+        query = (
+            select(events.c.asset_id, events.c.kind, func.sum(events.c.weight))
+            .join(assets, assets.c.id == events.c.asset_id)
+            .where(assets.c.deleted == 0)
+            .group_by(events.c.asset_id, events.c.kind)
+        )
+        totals: dict[uuid.UUID, float] = {}
+        async with self.engine.connect() as conn:
+            for asset_id, kind, total in await conn.execute(query):
+                weight = kind_weights.get(kind)
+                if weight is not None:
+                    totals[asset_id] = totals.get(asset_id, 0.0) + weight * float(total)
+        ranked = sorted(totals.items(), key=lambda item: (-item[1], str(item[0])))
+        return ranked[:limit]
+
+    # -- assets -------------------------------------------------------------------------------
+
+    async def live_assets(self, ids: Collection[uuid.UUID]) -> set[uuid.UUID]:
+        """Which of ``ids`` name assets that exist and are not deleted."""
+        found: set[uuid.UUID] = set()
+        wanted = list(ids)
+        async with self.engine.connect() as conn:
+            for start in range(0, len(wanted), 5_000):
+                chunk = wanted[start : start + 5_000]
+                query = select(assets.c.id).where(
+                    and_(assets.c.id.in_(chunk), assets.c.deleted == 0)
+                )
+                found.update(r.id for r in await conn.execute(query))
+        return found
+
+    async def asset_for_blob(self, digest: str) -> uuid.UUID | None:
+        """The oldest live asset whose current blob is ``digest`` (a blob may back several)."""
+        query = (
+            select(assets.c.id)
+            .where(and_(assets.c.blob_digest == digest, assets.c.deleted == 0))
+            .order_by(assets.c.created_at, assets.c.id)
+            .limit(1)
+        )
+        async with self.engine.connect() as conn:
+            return (await conn.execute(query)).scalar_one_or_none()
+
+    async def assets_changed(
+        self, since: datetime | None, after: uuid.UUID | None = None, limit: int = 50_000
+    ) -> list[AssetBrief]:
+        """Assets (deleted ones too) updated at or after ``since``, in (updated_at, id) order;
+        page with ``after`` = the last id of the previous page at the same ``since``."""
+        query = select(
+            assets.c.id, assets.c.name, assets.c.kind, assets.c.blob_digest,
+            assets.c.deleted, assets.c.updated_at,
+        )  # fmt: skip
+        if since is not None:
+            if after is None:
+                query = query.where(assets.c.updated_at >= since)
+            else:
+                query = query.where(
+                    (assets.c.updated_at > since)
+                    | and_(assets.c.updated_at == since, assets.c.id > after)
+                )
+        query = query.order_by(assets.c.updated_at, assets.c.id).limit(limit)
+        async with self.engine.connect() as conn:
+            return [
+                AssetBrief(r.id, r.name, r.kind, r.blob_digest, bool(r.deleted),
+                           _utc(r.updated_at))
+                for r in await conn.execute(query)
+            ]  # fmt: skip
+
+    # -- models -------------------------------------------------------------------------------
+
+    async def latest_model(self) -> ModelRecord | None:
+        query = select(models).order_by(models.c.trained_at.desc(), models.c.id).limit(1)
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return None if row is None else _model(row)
+
+    async def record_model(
+        self, blob_digest: str, trained_at: datetime, details: dict[str, Any]
+    ) -> ModelRecord:
+        record = ModelRecord(uuid.uuid4(), blob_digest, trained_at, details)
+
+        async def work(conn: AsyncConnection) -> None:
+            await conn.execute(
+                models.insert().values(
+                    id=record.id, blob_digest=blob_digest, trained_at=trained_at, details=details
+                )
+            )
+
+        await transaction(self.engine, work)
+        return record
+
+    # -- the trainer's lease ------------------------------------------------------------------
+
+    async def acquire_lease(self, name: str, holder: str, ttl: float) -> bool:
+        """Take the lease if it is free, expired or already ours: one upsert whose UPDATE only
+        happens when the WHERE allows, so two nodes racing cannot both win (the loser's
+        statement updates nothing, or conflicts and is retried and then updates nothing)."""
+        now = datetime.now(UTC)
+        statement = self._insert(leases).values(
+            name=name, holder=holder, expires_at=now + timedelta(seconds=ttl)
+        )
+        statement = statement.on_conflict_do_update(
+            index_elements=["name"],
+            set_={"holder": statement.excluded.holder, "expires_at": statement.excluded.expires_at},
+            where=(leases.c.expires_at < now) | (leases.c.holder == holder),
+        ).returning(leases.c.holder)
+
+        async def work(conn: AsyncConnection) -> bool:
+            return (await conn.execute(statement)).first() is not None
+
+        return await transaction(self.engine, work)
+
+    async def renew_lease(self, name: str, holder: str, ttl: float) -> bool:
+        expires = datetime.now(UTC) + timedelta(seconds=ttl)
+
+        async def work(conn: AsyncConnection) -> bool:
+            result = await conn.execute(
+                update(leases)
+                .where(and_(leases.c.name == name, leases.c.holder == holder))
+                .values(expires_at=expires)
+            )
+            return bool(result.rowcount)
+
+        return await transaction(self.engine, work)
+
+    async def release_lease(self, name: str, holder: str) -> None:
+        async def work(conn: AsyncConnection) -> None:
+            await conn.execute(
+                delete(leases).where(and_(leases.c.name == name, leases.c.holder == holder))
+            )
+
+        await transaction(self.engine, work)
+
+    async def lease_holder(self, name: str) -> tuple[str, datetime] | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(leases).where(leases.c.name == name))).first()
+        return None if row is None else (row.holder, _utc(row.expires_at))

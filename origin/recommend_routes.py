@@ -1,0 +1,290 @@
+"""The recommender rows of the HTTP contract, and the wiring of its per-worker parts.
+
+``POST /events`` takes ``{"events": [{user, asset, kind, weight?, at?}, ...]}``, checks every
+item, and either buffers all of them (202) or none (422 with one error per bad item).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from aiohttp import web
+
+from . import problems
+from .appkeys import CATALOG, CONFIG, STORE, TOKENS
+from .auth import authenticate, require
+from .catalog import EventRecord, RecommenderCatalog
+from .downloads import Downloads
+from .events import EventBuffer
+from .problems import Problem
+from .recommendations import MAX_LIMIT, RecommenderService
+from .trainer import Trainer, TrainerBusy
+
+BUFFER = web.AppKey("event_buffer", EventBuffer)
+DOWNLOADS = web.AppKey("downloads", Downloads)
+RECOMMENDER = web.AppKey("recommender", RecommenderService)
+TRAINER = web.AppKey("trainer", Trainer)
+
+_EVENT_FIELDS = frozenset({"user", "asset", "kind", "weight", "at"})
+_MAX_USER = 255
+_MAX_WEIGHT = 1e6
+# Clocks differ between clients and us; an event further in the future is a client bug.
+_FUTURE_SKEW = timedelta(minutes=5)
+_BYTES_PER_EVENT = 512
+
+
+# -- download events from other routes ----------------------------------------------------
+
+
+async def note_content_download(request: web.Request, asset_id: uuid.UUID) -> None:
+    """``GET /assets/{id}/content`` with a token: a download by the token's subject. A bad
+    token is a 401 here (the client asked to be attributed), unlike on blob reads."""
+    token = await authenticate(request)
+    if token is not None:
+        request.app[DOWNLOADS].record(token.subject, asset_id)
+
+
+def note_blob_download(request: web.Request, authorization: str, digest: str) -> None:
+    request.app[DOWNLOADS].blob_get(authorization, digest)
+
+
+# -- POST /events -------------------------------------------------------------------------
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise problems.too_large(limit)
+    body = bytearray()
+    async for chunk in request.content.iter_any():
+        body += chunk
+        if len(body) > limit:
+            raise problems.too_large(limit)
+    return bytes(body)
+
+
+def _check_item(
+    index: int, item: Any, kinds: dict[str, float], now: datetime
+) -> tuple[list[dict[str, Any]], tuple[str, uuid.UUID, str, float, datetime] | None]:
+    errors: list[dict[str, Any]] = []
+
+    def error(field: str, detail: str) -> None:
+        errors.append({"index": index, "field": field, "detail": detail})
+
+    if not isinstance(item, dict):
+        error("", "each event must be a JSON object")
+        return errors, None
+    for key in sorted(set(item) - _EVENT_FIELDS):
+        error(key, "unknown field")
+    user = item.get("user")
+    if not isinstance(user, str) or not 0 < len(user) <= _MAX_USER or "\x00" in user:
+        error("user", f"required: a string of 1 to {_MAX_USER} characters")
+    asset: uuid.UUID | None = None
+    with contextlib.suppress(ValueError):
+        asset = uuid.UUID(item["asset"]) if isinstance(item.get("asset"), str) else None
+    if asset is None:
+        error("asset", "required: an asset id")
+    kind = item.get("kind")
+    if not isinstance(kind, str) or kind not in kinds:
+        error("kind", f"required: one of {sorted(kinds)}")
+    weight = item.get("weight", 1.0)
+    if (
+        isinstance(weight, bool)
+        or not isinstance(weight, int | float)
+        or not (math.isfinite(weight) and 0 < weight <= _MAX_WEIGHT)
+    ):
+        error("weight", f"must be a number in (0, {_MAX_WEIGHT:g}]")
+    at = now
+    if "at" in item:
+        raw = item["at"]
+        try:
+            at = datetime.fromisoformat(raw) if isinstance(raw, str) else None  # type: ignore[assignment]
+        except ValueError:
+            at = None  # type: ignore[assignment]
+        if at is None or at.tzinfo is None:
+            error("at", "must be an RFC 3339 time with a UTC offset, e.g. 2025-01-01T12:00:00Z")
+        elif at > now + _FUTURE_SKEW:
+            error("at", "lies in the future")
+    if errors:
+        return errors, None
+    assert isinstance(user, str)
+    assert isinstance(kind, str)
+    assert asset is not None
+    return errors, (user, asset, kind, float(weight), at.astimezone(UTC))
+
+
+async def post_events(request: web.Request) -> web.Response:
+    token = await require(request, "write")
+    config = request.app[CONFIG]
+    limit = config.recommender_max_batch
+    body = await _read_body(request, max(1 << 20, limit * _BYTES_PER_EVENT))
+    try:
+        doc = json.loads(body)
+    except ValueError as exc:
+        raise problems.bad_request("bad-json", f"the body is not JSON: {exc}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("events"), list):
+        raise problems.bad_request("bad-json", 'expected {"events": [{"user": ..., ...}, ...]}')
+    items: list[Any] = doc["events"]
+    if len(items) > limit:
+        raise problems.bad_request("batch-too-large", f"at most {limit} events per request")
+    kinds = config.recommender_kind_weights
+    now = datetime.now(UTC)
+    errors: list[dict[str, Any]] = []
+    checked: list[tuple[int, tuple[str, uuid.UUID, str, float, datetime]]] = []
+    for index, item in enumerate(items):
+        item_errors, value = _check_item(index, item, kinds, now)
+        errors.extend(item_errors)
+        if value is not None:
+            checked.append((index, value))
+    if not token.allows("admin"):
+        others = [i for i, v in checked if v[0] != token.subject]
+        if others:
+            raise Problem(
+                403, "forbidden", "Not your events",
+                f"a token of {token.subject!r} may only post that user's events "
+                "(tokens with the admin scope post for anyone)",
+                extra={"items": others[:100]},
+            )  # fmt: skip
+    service = request.app[RECOMMENDER]
+    unknown_ids = {v[1] for _, v in checked}
+    known = {a for a in unknown_ids if (b := service.assets.get(str(a))) and not b.deleted}
+    unknown_ids -= known
+    if unknown_ids:
+        unknown_ids -= await RecommenderCatalog(request.app[CATALOG].engine).live_assets(
+            unknown_ids
+        )
+    for index, value in checked:
+        if value[1] in unknown_ids:
+            errors.append({"index": index, "field": "asset", "detail": "no such asset"})
+    if errors:
+        errors.sort(key=lambda e: (e["index"], e["field"]))
+        raise Problem(
+            422, "invalid-events", "Invalid events",
+            f"{len({e['index'] for e in errors})} of {len(items)} events are invalid; "
+            "none were stored",
+            extra={"errors": errors[:1000]},
+        )  # fmt: skip
+    records = [EventRecord(uuid.uuid4(), *value) for _, value in checked]
+    await request.app[BUFFER].put(records)
+    return web.json_response({"accepted": len(records)}, status=202)
+
+
+# -- reads --------------------------------------------------------------------------------
+
+
+def _limit_and_kind(request: web.Request) -> tuple[int, str | None]:
+    try:
+        limit = int(request.query.get("limit", "10"))
+    except ValueError:
+        raise problems.bad_request("bad-query", "limit must be a number") from None
+    if not 1 <= limit <= MAX_LIMIT:
+        raise problems.bad_request("bad-query", f"limit must be 1 to {MAX_LIMIT}")
+    return limit, request.query.get("kind") or None
+
+
+async def recommendations(request: web.Request) -> web.Response:
+    limit, kind = _limit_and_kind(request)
+    user = request.match_info["user"]
+    ranking = await request.app[RECOMMENDER].recommend(user, limit, kind)
+    return web.json_response(ranking.to_json(), headers={"Cache-Control": "no-store"})
+
+
+async def similar(request: web.Request) -> web.Response:
+    limit, kind = _limit_and_kind(request)
+    try:
+        asset = uuid.UUID(request.match_info["asset_id"])
+    except ValueError:
+        raise problems.not_found(f"no asset {request.match_info['asset_id']!r}") from None
+    ranking = await request.app[RECOMMENDER].similar(asset, limit, kind)
+    if ranking is None:
+        raise problems.not_found(f"no asset {asset}")
+    return web.json_response(ranking.to_json())
+
+
+async def admin_status(request: web.Request) -> web.Response:
+    await require(request, "admin")
+    body = await request.app[RECOMMENDER].stats()
+    trainer = request.app[TRAINER]
+    body["training"] = {"running": trainer.running, "last_error": trainer.last_error}
+    return web.json_response(body, headers={"Cache-Control": "no-store"})
+
+
+async def admin_train(request: web.Request) -> web.Response:
+    await require(request, "admin")
+    trainer = request.app[TRAINER]
+    try:
+        await trainer.start()
+    except TrainerBusy as exc:
+        raise Problem(
+            409, "training-busy", "Training under way", str(exc),
+            headers={"Retry-After": "30"}, extra={"holder": exc.holder},
+        ) from None  # fmt: skip
+    return web.json_response(
+        {"status": "started", "holder": trainer.holder},
+        status=202,
+        headers={"Location": "/admin/recommender"},
+    )
+
+
+# -- wiring -------------------------------------------------------------------------------
+
+
+def setup(app: web.Application) -> None:
+    """Create this worker's buffer, download recorder, serving state and trainer."""
+    config = app[CONFIG]
+    catalog = app[CATALOG]
+    rcatalog = RecommenderCatalog(catalog.engine)
+    buffer = EventBuffer(
+        rcatalog.add_events,
+        capacity=config.recommender_buffer_size,
+        batch_size=config.recommender_batch_size,
+        flush_interval=config.recommender_flush_interval,
+    )
+    enabled = "download" in config.recommender_kind_weights
+    downloads = Downloads(buffer, app[TOKENS], rcatalog, enabled=enabled)
+    service = RecommenderService(config, rcatalog, app[STORE], buffer)
+
+    async def after_training(_record: object) -> None:
+        await service.refresh()
+
+    trainer = Trainer(config, catalog, app[STORE], before=buffer.flush, after=after_training)
+    app[BUFFER] = buffer
+    app[DOWNLOADS] = downloads
+    app[RECOMMENDER] = service
+    app[TRAINER] = trainer
+    tasks: list[asyncio.Task[None]] = []
+
+    async def start(app: web.Application) -> None:
+        # After the catalog is open (this runs after create_app's own startup hook).
+        buffer.start()
+        downloads.start()
+        await service.start()
+        if config.recommender_train_interval > 0:
+            tasks.append(asyncio.create_task(trainer.schedule(), name="recommender-schedule"))
+
+    async def lifetime(app: web.Application) -> AsyncIterator[None]:
+        yield
+        # Runs before the catalog closes: in-flight requests are done, buffered events go out.
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await trainer.close()
+        await downloads.close()
+        await buffer.close()
+        await service.close()
+
+    app.on_startup.append(start)
+    app.cleanup_ctx.append(lifetime)
+    router = app.router
+    router.add_post("/events", post_events)
+    router.add_get("/users/{user}/recommendations", recommendations)
+    router.add_get("/assets/{asset_id}/similar", similar)
+    router.add_get("/admin/recommender", admin_status)
+    router.add_post("/admin/recommender/train", admin_train)

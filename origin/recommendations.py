@@ -1,0 +1,279 @@
+"""Per-worker recommendation serving: the current model, hot swaps, and the answers.
+
+Every worker polls the catalog every ``recommender_poll_interval`` seconds for assets that
+changed (names, kinds, deletions) and for a newer row in ``models``. A new model is read from
+the blob store (memory-mapped when the store has a local file) and its ``Recommender`` is built
+in a thread; then one attribute is reassigned. A request reads that attribute once, so it is
+answered wholly by the old model or wholly by the new one, and no request waits for the swap.
+
+A user's list folds in their events newer than the model: those in the catalog (one indexed
+query on ``(user_id, at)``) and those this worker holds in its event buffer, so an event
+changes the list at once on the worker that took it and on every worker once written. Before a
+first model exists the answer is the catalog's popularity ranking with ``fallback: true``.
+
+Scoring runs in one thread per worker (the ``Recommender`` serialises calls anyway), so the
+event loop keeps answering other requests while a large catalogue is scored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import partial
+from typing import Any
+
+from blobstore import BlobBackend, Digest
+from recommender import Event, Model, Recommender, load_model, model_from_bytes
+from recommender.serving import pin_blas_threads
+
+from .catalog import AssetBrief, EventRecord, ModelRecord, RecommenderCatalog
+from .config import Config
+from .events import EventBuffer
+
+log = logging.getLogger(__name__)
+
+MAX_LIMIT = 100
+# Fold-in reads at most this many of a user's newest events; beyond that the model is stale
+# for them anyway and the next training takes them all.
+MAX_RECENT = 1000
+# Asset changes are read back this far before the last one seen: a transaction that stamped
+# its updated_at earlier but committed later is still picked up.
+_ASSET_OVERLAP = timedelta(seconds=10)
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    asset: str
+    score: float
+    name: str | None
+    kind: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"asset": self.asset, "score": self.score, "name": self.name, "kind": self.kind}
+
+
+@dataclass(frozen=True, slots=True)
+class Ranking:
+    items: list[Item]
+    model_version: str | None
+    fallback: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "items": [i.to_json() for i in self.items],
+            "model_version": self.model_version,
+            "fallback": self.fallback,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedModel:
+    record: ModelRecord
+    recommender: Recommender
+    newest_event: datetime | None
+
+
+class RecommenderService:
+    def __init__(
+        self,
+        config: Config,
+        catalog: RecommenderCatalog,
+        store: BlobBackend,
+        buffer: EventBuffer,
+    ) -> None:
+        self._config = config
+        self._catalog = catalog
+        self._store = store
+        self._buffer = buffer
+        self._kind_weights = config.recommender_kind_weights
+        self.assets: dict[str, AssetBrief] = {}
+        self._asset_cursor: datetime | None = None
+        self.loaded: LoadedModel | None = None
+        self._popular: list[tuple[str, float]] = []
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="recommender")
+        self._refreshing = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        # Per-request products are too small to gain from BLAS threads (recommender.serving).
+        await asyncio.get_running_loop().run_in_executor(self._executor, pin_blas_threads)
+        try:
+            await self.refresh()
+        except Exception:
+            log.exception("recommender: first refresh failed; retrying on the poll schedule")
+        self._task = asyncio.create_task(self._poll(), name="recommender-poll")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self._config.recommender_poll_interval)
+            try:
+                await self.refresh()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("recommender refresh failed: %s", exc)
+
+    async def refresh(self) -> None:
+        async with self._refreshing:
+            changed = await self._read_asset_changes()
+            await self._apply_asset_changes(changed)
+            await self._load_newest_model()
+            if self.loaded is None:
+                ranked = await self._catalog.popularity(self._kind_weights, limit=10 * MAX_LIMIT)
+                self._popular = [(str(a), s) for a, s in ranked]
+
+    async def _read_asset_changes(self) -> list[AssetBrief]:
+        since = None if self._asset_cursor is None else self._asset_cursor - _ASSET_OVERLAP
+        changed: list[AssetBrief] = []
+        after: uuid.UUID | None = None
+        while True:
+            page = await self._catalog.assets_changed(since, after)
+            changed.extend(page)
+            if len(page) < 50_000:
+                break
+            since, after = page[-1].updated_at, page[-1].id
+        if changed:
+            newest = max(b.updated_at for b in changed)
+            self._asset_cursor = max(newest, self._asset_cursor or newest)
+        return changed
+
+    async def _apply_asset_changes(self, changed: list[AssetBrief]) -> None:
+        fresh = [b for b in changed if self.assets.get(str(b.id)) != b]
+        for brief in fresh:
+            self.assets[str(brief.id)] = brief
+        loaded = self.loaded
+        if fresh and loaded is not None:
+            await self._in_executor(_apply_to, loaded.recommender, fresh)
+
+    async def _load_newest_model(self) -> None:
+        record = await self._catalog.latest_model()
+        if record is None or (self.loaded is not None and self.loaded.record.id == record.id):
+            return
+        digest = Digest(record.blob_digest)
+        path = self._store.local_path(digest)
+        model: Model
+        if path is not None and await asyncio.to_thread(path.exists):
+            model = await asyncio.to_thread(load_model, path, use_mmap=True)
+        else:
+            data = b"".join([chunk async for chunk in self._store.open(digest)])
+            model = await asyncio.to_thread(model_from_bytes, data)
+        kinds = {key: b.kind for key, b in self.assets.items()}
+        deleted = [key for key, b in self.assets.items() if b.deleted]
+        recommender = await asyncio.to_thread(
+            partial(Recommender, model, asset_kinds=kinds, deleted=deleted)
+        )
+        self.loaded = LoadedModel(record, recommender, model.meta.newest_event_datetime)
+        log.info("recommender: now serving model %s (%d users, %d assets)",
+                 record.id, model.meta.n_users, model.meta.n_items)  # fmt: skip
+
+    async def _in_executor(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    # -- answers ------------------------------------------------------------------------------
+
+    async def _recent(self, user: str, since: datetime | None) -> list[EventRecord]:
+        stored = await self._catalog.user_events(user, since, MAX_RECENT)
+        seen = {e.id for e in stored}
+        pending = [
+            e for e in self._buffer.pending_for(user)
+            if e.id not in seen and (since is None or e.at > since)
+        ]  # fmt: skip
+        return stored + pending
+
+    async def recommend(self, user: str, limit: int, kind: str | None) -> Ranking:
+        loaded = self.loaded  # once: the whole answer comes from one model
+        recent = await self._recent(user, None if loaded is None else loaded.newest_event)
+        if loaded is None:
+            owned = {str(e.asset) for e in recent}
+            return Ranking(self._popular_items(limit, kind, owned), None, True)
+        events = [Event(e.user, str(e.asset), e.kind, e.weight, e.at) for e in recent]
+        result = await self._in_executor(
+            partial(loaded.recommender.recommend, user, limit, kind, True, events)
+        )
+        return Ranking(self._items(result.items), str(loaded.record.id), result.fallback)
+
+    async def similar(self, asset: uuid.UUID, limit: int, kind: str | None) -> Ranking | None:
+        """None when there is no such (live) asset."""
+        key = str(asset)
+        brief = self.assets.get(key)
+        if brief is None:
+            if not await self._catalog.live_assets([asset]):
+                return None
+        elif brief.deleted:
+            return None
+        loaded = self.loaded
+        if loaded is None:
+            return Ranking(self._popular_items(limit, kind, {key}), None, True)
+        result = await self._in_executor(partial(loaded.recommender.similar, key, limit, kind))
+        return Ranking(self._items(result.items), str(loaded.record.id), result.fallback)
+
+    def _items(self, ranked: tuple[tuple[str, float], ...]) -> list[Item]:
+        items = []
+        for asset, score in ranked:
+            brief = self.assets.get(asset)
+            items.append(
+                Item(asset, score, brief.name if brief else None, brief.kind if brief else None)
+            )
+        return items
+
+    def _popular_items(self, limit: int, kind: str | None, exclude: set[str]) -> list[Item]:
+        items: list[Item] = []
+        for asset, score in self._popular:
+            brief = self.assets.get(asset)
+            if asset in exclude or (brief is not None and brief.deleted):
+                continue
+            if kind is not None and (brief is None or brief.kind != kind):
+                continue
+            items.append(Item(asset, score, brief.name if brief else None, kind))
+            if len(items) == limit:
+                break
+        return items
+
+    async def stats(self) -> dict[str, Any]:
+        loaded = self.loaded
+        body: dict[str, Any] = {
+            "model_version": None,
+            "trained_at": None,
+            "users": 0,
+            "assets": 0,
+            "events": 0,
+            "evaluation": None,
+            "catalog_events": await self._catalog.event_count(),
+            "buffered_events": len(self._buffer),
+            "dropped_events": self._buffer.dropped,
+        }
+        if loaded is not None:
+            stats = await self._in_executor(loaded.recommender.stats)
+            details = loaded.record.details
+            body |= {
+                "model_version": str(loaded.record.id),
+                "trained_at": loaded.record.trained_at.isoformat(),
+                "users": stats["users"],
+                "assets": stats["assets"],
+                "events": stats["events"],
+                "factors": stats["factors"],
+                "model_blob": loaded.record.blob_digest,
+                "training_seconds": details.get("training_seconds"),
+                "evaluation": details.get("evaluation"),
+            }
+        return body
+
+
+def _apply_to(recommender: Recommender, changed: list[AssetBrief]) -> None:
+    recommender.update_asset_kinds({str(b.id): b.kind for b in changed})
+    recommender.mark_deleted([str(b.id) for b in changed if b.deleted])
+    recommender.unmark_deleted([str(b.id) for b in changed if not b.deleted])

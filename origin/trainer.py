@@ -1,0 +1,304 @@
+"""Training runs: one at a time across all nodes, in a separate process, model into the store.
+
+A run: take the ``recommender-train`` lease in the catalog (an upsert that only wins when the
+lease is free, expired or already ours, so it works on CockroachDB, where there are no advisory
+locks), renew it every third of ``recommender_lease_ttl`` while working, and release it at the
+end. A trainer that dies stops renewing and its lease expires; the next run takes it over.
+
+The work (read every event, build the matrix, fit ALS, a quick held-out evaluation, write the
+model file) runs in a fresh process started with the ``spawn`` method, so a worker's event loop
+keeps serving and the process's memory is returned when it exits. The parent streams the file
+into the origin's own blob store (``put``: hashed, verified, atomic), records the blob and a
+row in ``models``; every worker's poll then swaps to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import socket
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from blobstore import BlobBackend, Expectation
+from recommender import (
+    ALSConfig,
+    EventColumns,
+    InteractionConfig,
+    build_from_columns,
+    evaluate_columns,
+    save_model,
+    train,
+)
+
+from .catalog import Catalog, ModelRecord, RecommenderCatalog, create_engine
+from .config import Config
+
+log = logging.getLogger(__name__)
+
+LEASE = "recommender-train"
+MODEL_CONTENT_TYPE = "application/vnd.origin.recommender-model"
+# A held-out evaluation needs enough events to mean anything; below this it is skipped.
+_MIN_EVENTS_TO_EVALUATE = 200
+
+
+class TrainerBusy(RuntimeError):
+    """Another trainer holds the lease."""
+
+    def __init__(self, holder: str | None, expires_at: datetime | None) -> None:
+        when = f" until {expires_at.isoformat()}" if expires_at else ""
+        super().__init__(f"a training run is already under way ({holder or 'unknown'}{when})")
+        self.holder = holder
+        self.expires_at = expires_at
+
+
+@dataclass(frozen=True)
+class TrainingJob:
+    """Everything the training process needs, picklable."""
+
+    catalog_url: str
+    kind_weights: dict[str, float]
+    half_life: float | None
+    als: dict[str, Any]
+    out: str
+    evaluate: bool = True
+
+
+def interaction_config(config: Config) -> InteractionConfig:
+    half_life = config.recommender_half_life or None
+    return InteractionConfig(config.recommender_kind_weights, half_life)
+
+
+def als_config(config: Config) -> ALSConfig:
+    return ALSConfig(
+        factors=config.recommender_factors,
+        regularization=config.recommender_regularization,
+        alpha=config.recommender_alpha,
+        iterations=config.recommender_iterations,
+    )
+
+
+async def read_columns(catalog: RecommenderCatalog) -> EventColumns:
+    """Every event in the catalog, column-wise (ids numbered in order of appearance)."""
+    users: dict[str, int] = {}
+    items: dict[str, int] = {}
+    kinds: dict[str, int] = {}
+    u: list[int] = []
+    i: list[int] = []
+    k: list[int] = []
+    w: list[float] = []
+    t: list[float] = []
+    async for page in catalog.event_pages():
+        for e in page:
+            u.append(users.setdefault(e.user, len(users)))
+            i.append(items.setdefault(str(e.asset), len(items)))
+            k.append(kinds.setdefault(e.kind, len(kinds)))
+            w.append(e.weight)
+            t.append(e.at.timestamp())
+    return EventColumns(
+        user=np.asarray(u, dtype=np.int32),
+        item=np.asarray(i, dtype=np.int32),
+        kind=np.asarray(k, dtype=np.int16),
+        weight=np.asarray(w, dtype=np.float32),
+        at=np.asarray(t, dtype=np.float64),
+        user_ids=list(users),
+        item_ids=list(items),
+        kinds=list(kinds),
+    )
+
+
+async def _read_from(url: str) -> EventColumns:
+    engine = create_engine(url)
+    try:
+        return await read_columns(RecommenderCatalog(engine))
+    finally:
+        await engine.dispose()
+
+
+def run_job(job: TrainingJob) -> dict[str, Any]:
+    """The training process's entry point; returns the details recorded with the model."""
+    started = time.perf_counter()
+    columns = asyncio.run(_read_from(job.catalog_url))
+    read_seconds = time.perf_counter() - started
+    interactions_config = InteractionConfig(job.kind_weights, job.half_life)
+    als = ALSConfig.from_dict(job.als)
+    model = train(build_from_columns(columns, interactions_config), als)
+    save_model(model, job.out)
+    meta = model.meta
+    details: dict[str, Any] = {
+        "users": meta.n_users,
+        "assets": meta.n_items,
+        "events": meta.n_events,
+        "nnz": meta.nnz,
+        "factors": model.factors,
+        "newest_event_at": meta.newest_event_at,
+        "read_seconds": round(read_seconds, 3),
+        "training_seconds": round(meta.training_seconds, 3),
+        "evaluation": None,
+    }
+    if job.evaluate and len(columns) >= _MIN_EVENTS_TO_EVALUATE:
+        try:
+            evaluation = evaluate_columns(columns, interactions_config, als, max_users=2_000)
+        except ValueError as exc:  # e.g. no held-out users: the model is still good to serve
+            details["evaluation"] = {"error": str(exc)}
+            return details
+        details["evaluation"] = {
+            "split": evaluation.method,
+            "k": evaluation.k,
+            "rows": [
+                {"model": r.name, "users": r.users, "precision": r.precision,
+                 "recall": r.recall, "ndcg": r.ndcg, "coverage": r.coverage}
+                for r in evaluation.rows
+            ],
+        }  # fmt: skip
+    return details
+
+
+async def _file_chunks(path: Path, size: int = 1 << 20) -> AsyncIterator[bytes]:
+    with open(path, "rb") as f:  # noqa: ASYNC230 - each read below runs in a thread
+        while chunk := await asyncio.to_thread(f.read, size):
+            yield chunk
+
+
+async def _in_process(job: TrainingJob) -> dict[str, Any]:
+    """``run_job`` in a fresh spawned process; killed if the run is cancelled (shutdown)."""
+    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        details = await asyncio.get_running_loop().run_in_executor(pool, run_job, job)
+    except BaseException:
+        for proc in list((pool._processes or {}).values()):
+            proc.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    await asyncio.to_thread(pool.shutdown)
+    return details
+
+
+class Trainer:
+    def __init__(
+        self,
+        config: Config,
+        catalog: Catalog,
+        store: BlobBackend,
+        *,
+        before: Callable[[], Awaitable[None]] | None = None,
+        after: Callable[[ModelRecord], Awaitable[None]] | None = None,
+    ) -> None:
+        self._config = config
+        self._catalog = catalog
+        self._rcatalog = RecommenderCatalog(catalog.engine)
+        self._store = store
+        self._before = before  # e.g. flush this worker's buffered events
+        self._after = after  # e.g. load the new model here without waiting for the poll
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._task: asyncio.Task[ModelRecord] | None = None
+        self.last_error: str | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def start(self) -> asyncio.Task[ModelRecord]:
+        """Take the lease (TrainerBusy if someone has it) and train in the background."""
+        ttl = self._config.recommender_lease_ttl
+        if self.running or not await self._rcatalog.acquire_lease(LEASE, self.holder, ttl):
+            holder = await self._rcatalog.lease_holder(LEASE)
+            raise TrainerBusy(*(holder or (None, None)))
+        self._task = asyncio.create_task(self._run(), name="recommender-train")
+        return self._task
+
+    async def train(self) -> ModelRecord:
+        return await (await self.start())
+
+    async def close(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+    async def _renew(self) -> None:
+        ttl = self._config.recommender_lease_ttl
+        while True:
+            await asyncio.sleep(ttl / 3)
+            try:
+                if not await self._rcatalog.renew_lease(LEASE, self.holder, ttl):
+                    log.error("recommender: lost the training lease")
+            except Exception as exc:
+                log.warning("recommender: renewing the training lease failed: %s", exc)
+
+    async def _run(self) -> ModelRecord:
+        renew = asyncio.create_task(self._renew())
+        fd, name = tempfile.mkstemp(prefix="model-", suffix=".tmp", dir=self._config.data_dir)
+        os.close(fd)
+        out = Path(name)
+        try:
+            if self._before is not None:
+                await self._before()
+            config = self._config
+            job = TrainingJob(
+                catalog_url=config.catalog_url,
+                kind_weights=config.recommender_kind_weights,
+                half_life=config.recommender_half_life or None,
+                als=als_config(config).to_dict(),
+                out=str(out),
+            )
+            started = datetime.now(UTC)
+            details = await _in_process(job)
+            result = await self._store.put(_file_chunks(out), Expectation(), MODEL_CONTENT_TYPE)
+            await self._catalog.record_blob(result.info)
+            details["started_at"] = started.isoformat()
+            record = await self._rcatalog.record_model(
+                str(result.info.digest), datetime.now(UTC), details
+            )
+            log.info("recommender: trained model %s (%s users, %s assets, %s events)",
+                     record.id, details["users"], details["assets"], details["events"])  # fmt: skip
+            self.last_error = None
+            if self._after is not None:
+                await self._after(record)
+            return record
+        except Exception as exc:
+            self.last_error = str(exc)
+            log.exception("recommender: training failed")
+            raise
+        finally:
+            renew.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renew
+            with contextlib.suppress(Exception):
+                await self._rcatalog.release_lease(LEASE, self.holder)
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(out.unlink)
+
+    async def schedule(self) -> None:
+        """Train every ``recommender_train_interval`` seconds (run as a task in each worker).
+
+        Every worker tries; the lease picks one, and a run is skipped when another node trained
+        within the last half interval, so workers that wake up just after a run do not repeat it.
+        """
+        interval = self._config.recommender_train_interval
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                latest = await self._rcatalog.latest_model()
+                age = None if latest is None else (datetime.now(UTC) - latest.trained_at)
+                if age is not None and age.total_seconds() < interval / 2:
+                    continue
+                await self.train()
+            except TrainerBusy:
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("recommender: scheduled training failed: %s", exc)
