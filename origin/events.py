@@ -145,8 +145,12 @@ class EventBuffer:
     async def close(self, attempts: int = 5) -> None:
         """Stop the writer and write what is left; what cannot be written is logged as lost."""
         self._closing = True
+        self._wake.set()
         if self._task is not None:
-            self._task.cancel()
+            # Let a write under way finish rather than cancel it after its commit.
+            done, _ = await asyncio.wait([self._task], timeout=10)
+            if not done:
+                self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None

@@ -81,7 +81,8 @@ class RecommenderCatalog:
 
     async def add_events(self, batch: Sequence[EventRecord]) -> None:
         """The batch as multi-row INSERTs (one when it fits the parameter limit), in one
-        transaction. Ids are the client's, so a retried transaction cannot duplicate rows."""
+        transaction. Ids are made before the first attempt and rows already there are skipped,
+        so writing a batch again (a commit whose answer was lost) never duplicates events."""
         if not batch:
             return
         rows = [
@@ -93,7 +94,8 @@ class RecommenderCatalog:
 
         async def work(conn: AsyncConnection) -> None:
             for start in range(0, len(rows), step):
-                await conn.execute(events.insert().values(rows[start : start + step]))
+                statement = self._insert(events).values(rows[start : start + step])
+                await conn.execute(statement.on_conflict_do_nothing(index_elements=["id"]))
 
         await transaction(self.engine, work)
 
