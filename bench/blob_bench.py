@@ -299,13 +299,18 @@ def start_redis(args: argparse.Namespace, run_dir: Path) -> Server:
 
 
 def tier_hits(server: Server) -> dict[str, float]:
-    """``origin_cache_hits_total`` by tier, from the origin's /metrics."""
+    """Reads served by each tier (``origin_cache_hits_total``) and by the durable store
+    (``origin_durable_reads_total``), from the origin's /metrics."""
     status, _, body = http_request(server.url, "GET", "/metrics")
     if status != 200:
         raise BenchError(f"{server.name}: GET /metrics -> {status}")
+    text = body.decode()
     hits: dict[str, float] = {}
-    for m in re.finditer(r'^origin_cache_hits_total\{tier="([^"]+)"\} (\S+)$', body.decode(), re.M):
+    for m in re.finditer(r'^origin_cache_hits_total\{tier="([^"]+)"\} (\S+)$', text, re.M):
         hits[m.group(1)] = float(m.group(2))
+    durable = re.search(r"^origin_durable_reads_total (\S+)$", text, re.M)
+    if durable:
+        hits["durable store"] = float(durable.group(1))
     return hits
 
 
