@@ -26,7 +26,7 @@ daemon off;
 master_process on;
 worker_processes {workers};
 pid {run}/nginx.pid;
-error_log {run}/error.log info;
+error_log {run}/error.log {error_level};
 {user}
 events {{
     worker_connections 1024;
@@ -34,7 +34,7 @@ events {{
 http {{
     log_format edge '$request_method $uri $status $body_bytes_sent '
                     'range="$http_range" cache=$upstream_cache_status';
-    access_log {run}/access.log edge;
+    access_log {access_log};
     client_body_temp_path {run}/client_body;
     proxy_temp_path {run}/proxy;
     fastcgi_temp_path {run}/fastcgi;
@@ -91,6 +91,9 @@ class EdgeNginx:
     accel_root: Path | None = None
     workers: int = 1
     port: int = 0
+    # The benchmark turns per-request logging off, as the static nginx it is compared with.
+    access_log: bool = True
+    error_level: str = "info"
     proc: subprocess.Popen[bytes] | None = None
     values: dict[str, str] = field(default_factory=dict)
 
@@ -113,7 +116,7 @@ class EdgeNginx:
         return self.run_dir / "error.log"
 
     @property
-    def access_log(self) -> Path:
+    def access_log_path(self) -> Path:
         return self.run_dir / "access.log"
 
     def cache_files(self) -> list[Path]:
@@ -142,10 +145,20 @@ class EdgeNginx:
 
             user = f"user {pwd.getpwuid(os.getuid()).pw_name};"
         conf = self.run_dir / "nginx.conf"
-        conf.write_text(MAIN_CONF.format(workers=self.workers, run=self.run_dir, user=user))
+        access_log = f"{self.access_log_path} edge" if self.access_log else "off"
+        conf.write_text(
+            MAIN_CONF.format(
+                workers=self.workers,
+                run=self.run_dir,
+                user=user,
+                access_log=access_log,
+                error_level=self.error_level,
+            )
+        )
         return conf
 
-    def _command(self, conf: Path, *extra: str) -> list[str]:
+    def command(self, conf: Path, *extra: str) -> list[str]:
+        """nginx on ``conf``, in the foreground (``daemon off``), with ``extra`` flags."""
         binary = nginx_binary()
         if binary is None:
             raise NginxError("nginx is not installed (scripts/test installs it)")
@@ -154,11 +167,11 @@ class EdgeNginx:
     def start(self, timeout: float = 15.0) -> EdgeNginx:
         self.port = self.port or free_port()
         conf = self.write_config()
-        checked = subprocess.run(self._command(conf, "-t", "-q"), capture_output=True, text=True)
+        checked = subprocess.run(self.command(conf, "-t", "-q"), capture_output=True, text=True)
         if checked.returncode != 0:
             raise NginxError(f"nginx rejects {conf}:\n{checked.stderr}")
         self.proc = subprocess.Popen(
-            self._command(conf),
+            self.command(conf),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
