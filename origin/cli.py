@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from . import recommend_cli
 from .app import open_catalog
 from .catalog import Catalog, SchemaMismatch, current_revision, downgrade, head_revision, upgrade
 from .config import Config, ConfigError, load_config
@@ -64,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     token_sub.add_parser("list", help="list tokens (never their secrets)")
     revoke = token_sub.add_parser("revoke", help="revoke a token by its id")
     revoke.add_argument("id")
+    recommend_cli.add_parser(sub)
     return parser
 
 
@@ -86,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
             return serve(config, banner)
         if args.command == "db":
             return asyncio.run(_db_command(args, config))
+        if args.command == "recommender":
+            return asyncio.run(recommend_cli.run(args, config))
         return asyncio.run(_token_command(args, config))
     except SchemaMismatch as exc:
         print(f"origin: {exc}", file=sys.stderr)

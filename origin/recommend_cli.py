@@ -1,0 +1,71 @@
+"""``origin recommender train|evaluate``: the operator's recommender tools."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from recommender import evaluate_columns
+
+from .app import build_store, open_catalog, start_store, stop_store
+from .catalog import Catalog, RecommenderCatalog
+from .config import Config
+from .metrics import PrometheusEvents
+from .trainer import Trainer, TrainerBusy, als_config, interaction_config, read_columns
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    rec = sub.add_parser("recommender", help="train or evaluate the recommender")
+    rec_sub = rec.add_subparsers(dest="recommender_command", required=True)
+    rec_sub.add_parser("train", help="train now (waits; refused while another run holds the lease)")
+    ev = rec_sub.add_parser("evaluate", help="ALS vs popularity on held-out events")
+    ev.add_argument("--split", choices=("time", "random"), default="time")
+    ev.add_argument("--test-fraction", type=float, default=0.2)
+    ev.add_argument("-k", type=int, default=10, help="cut-off of the metrics")
+    ev.add_argument("--max-users", type=int, default=10_000, help="test users scored")
+
+
+async def run(args: argparse.Namespace, config: Config) -> int:
+    catalog = Catalog.connect(config.catalog_url)
+    try:
+        await open_catalog(config, catalog)
+        if args.recommender_command == "train":
+            return await _train(config, catalog)
+        return await _evaluate(args, config, catalog)
+    finally:
+        await catalog.close()
+
+
+async def _train(config: Config, catalog: Catalog) -> int:
+    store = build_store(config, PrometheusEvents())
+    await start_store(store)
+    try:
+        record = await Trainer(config, catalog, store).train()
+    except TrainerBusy as exc:
+        print(f"origin: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await stop_store(store)
+    d = record.details
+    print(f"model {record.id} blob {record.blob_digest}")
+    print(f"{d['users']} users, {d['assets']} assets, {d['events']} events; "
+          f"read {d['read_seconds']}s, trained {d['training_seconds']}s")  # fmt: skip
+    return 0
+
+
+async def _evaluate(args: argparse.Namespace, config: Config, catalog: Catalog) -> int:
+    columns = await read_columns(RecommenderCatalog(catalog.engine))
+    if not len(columns):
+        print("origin: the catalog has no events to evaluate on", file=sys.stderr)
+        return 1
+    evaluation = await asyncio.to_thread(
+        evaluate_columns, columns, interaction_config(config), als_config(config),
+        method=args.split, test_fraction=args.test_fraction, k=args.k, max_users=args.max_users,
+    )  # fmt: skip
+    table = evaluation.table()
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    print(f"ALS / popularity, precision@{args.k}: {evaluation.lift('precision'):.2f}x")
+    return 0
