@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from recommender import Event, InteractionConfig, build_interactions
 from recommender.events import asset_key
-from recommender.scoring import top_n, top_n_rows
+from recommender.scoring import InnerProductIndex, top_n, top_n_rows
 
 KIND_WEIGHTS = {"download": 1.0, "use": 2.5, "like": 4.0}
 BASE = datetime(2025, 1, 1, tzinfo=UTC)
@@ -108,3 +108,31 @@ def test_top_n_rows_is_exact(excluded: float, n: int) -> None:
         single_ids, single_best = top_n(scores[row], n)
         np.testing.assert_array_equal(single_ids, ids[row][finite])
         np.testing.assert_array_equal(single_best, best[row][finite])
+
+
+@pytest.mark.parametrize("allowed_fraction", [1.0, 0.5, 0.001, 0.0])
+@pytest.mark.parametrize("n", [1, 10, 300])
+def test_norm_ordered_scan_equals_full_scan(allowed_fraction: float, n: int) -> None:
+    """The early-stopping scan must return exactly the full product's top n."""
+    rng = np.random.default_rng(int(allowed_fraction * 1000) + n)
+    size = 30_000
+    # Power-law norms like ALS gives popular assets, random directions, a zero tail and
+    # duplicated rows (exact score ties).
+    factors = rng.normal(size=(size, 16)).astype(np.float32)
+    factors *= (np.arange(1, size + 1) ** -0.8)[rng.permutation(size), None].astype(np.float32)
+    factors[-100:] = 0
+    factors[10:20] = factors[0]
+    index = InnerProductIndex(factors)
+    allowed = rng.random(size) < allowed_fraction
+    vectors = [rng.normal(size=16), np.zeros(16), factors[0] * 3.0, -factors[0]]
+    for vector in vectors:
+        for mask in (allowed, None):
+            ids, best = index.top_n(vector, n, mask)
+            full = factors @ vector.astype(np.float32)
+            expected = np.sort(full if mask is None else full[mask])[::-1][:n]
+            np.testing.assert_allclose(best, expected, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(full[ids], best, rtol=1e-5, atol=1e-6)
+            assert len(set(ids.tolist())) == len(ids)
+            if mask is not None:
+                assert mask[ids].all()
+            assert np.all(np.diff(best) <= 0)
