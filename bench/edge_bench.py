@@ -42,7 +42,8 @@ sys.path.insert(0, str(bb.REPO))
 from tests.nginx_server import EdgeNginx  # after the path insert
 
 KiB, MiB = bb.KiB, bb.MiB
-SIZES = (4 * KiB, 1 * MiB, 64 * MiB)
+SIZES = "4KiB,1MiB,64MiB"
+_UNITS = {"KiB": KiB, "MiB": MiB, "GiB": 1 << 30, "B": 1}
 TARGET_HIT = 0.95
 TARGET_ACCEL = 0.80
 ACCEL_PREFIX = "/_accel/"
@@ -133,7 +134,7 @@ def bench(
     wrk_log = logs / "wrk.log"
     token = "bench_" + secrets.token_hex(24)
     servers: list[bb.Server] = []
-    cells: dict[int, dict[str, Cell]] = {size: {k: Cell() for k in KINDS} for size in SIZES}
+    cells: dict[int, dict[str, Cell]] = {size: {k: Cell() for k in KINDS} for size in args.sizes}
     try:
         # Two origins, each with its own data directory: a plain one behind the caching edge,
         # and one in X-Accel-Redirect mode whose files the static nginx serves as well.
@@ -158,7 +159,7 @@ def bench(
 
         bb.log("making and storing blobs")
         blobs: dict[int, tuple[str, bytes]] = {}
-        for size in SIZES:
+        for size in args.sizes:
             data = bytearray(os.urandom(size))
             prefix = f"edge-bench-{secrets.token_hex(8)}".encode()
             data[: len(prefix)] = prefix
@@ -290,6 +291,11 @@ def render(rows: list[list[str]], markdown: bool) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
 
 
+def parse_size(text: str) -> int:
+    number = text.rstrip("KMGiB")
+    return int(number) * _UNITS[text[len(number) :] or "B"]
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--origin", type=Path, default=bb.DEFAULT_ORIGIN, help="origin executable")
@@ -306,12 +312,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--max-other", type=float, default=30, help="other load %% that repeats a run")
     p.add_argument("--retries", type=int, default=2, help="how often a run is measured again")
     p.add_argument("--start-timeout", type=float, default=60, help="seconds for a server start")
+    p.add_argument("--sizes", default=SIZES, help="blob sizes, e.g. 4KiB,1MiB,64MiB")
     p.add_argument("--origin-env", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--work-dir", type=Path, help="parent of the temp dir")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (data, logs, configs)")
     p.add_argument("--markdown", type=Path, help="also write the results as Markdown here")
     p.add_argument("--json", type=Path, help="also write every run as JSON here")
     args = p.parse_args(argv)
+    try:
+        args.sizes = [parse_size(text) for text in args.sizes.split(",")]
+    except (KeyError, ValueError):
+        p.error(f"--sizes: expected sizes such as 4KiB,1MiB,64MiB, got {args.sizes!r}")
     for tool in (args.wrk, args.nginx):
         if shutil.which(tool) is None:
             p.error(f"{tool} not found (apt-get install -y wrk nginx)")
