@@ -200,6 +200,20 @@ def test_missing_blob_is_not_cached(cached: tuple[LiveOrigin, EdgeNginx]) -> Non
     assert call(edge.url, "GET", "/blobs/not-a-digest").status == 400
 
 
+def test_cold_head_answers_and_fills_the_first_slice(
+    cached: tuple[LiveOrigin, EdgeNginx],
+) -> None:
+    origin, edge = cached
+    data = pattern_blob(SLICE + 5000, b"head")
+    digest = store(origin, data)
+    head = call(edge.url, "HEAD", f"/blobs/{digest}")
+    assert (head.status, head.body) == (200, b"")
+    assert head.header("Content-Length") == str(len(data))
+    assert head.header("ETag") == f'"{digest}"'
+    first = call(edge.url, "GET", f"/blobs/{digest}", headers={"Range": "bytes=0-99"})
+    assert (first.status, first.header("X-Cache-Status"), first.body) == (206, "HIT", data[:100])
+
+
 def test_empty_blob_and_ranges_past_the_end(cached: tuple[LiveOrigin, EdgeNginx]) -> None:
     origin, edge = cached
     empty = store(origin, b"")
