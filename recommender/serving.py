@@ -28,8 +28,9 @@ The library does not pin on import because that would change BLAS for the whole 
 
 Single-user ``recommend`` does not score every asset: ``scoring.InnerProductIndex`` scans the
 item factors in order of decreasing norm and stops once no remaining asset can enter the top n
-(exact, same answer as the full product). ``recommend_batch`` keeps one matrix product per
-block of users, which is cheaper per user when a filter makes the early stop unlikely.
+(exact, same answer as the full product). ``recommend_batch`` does the same per user, except
+with a kind filter: then one matrix product per block of users, which costs less per user
+when the filter makes the early stop unlikely.
 
 Thread safety: every public method takes one lock, so calls may come from several threads
 (e.g. the event loop feeding ``add_events`` while an executor scores); they are serialised.
@@ -267,8 +268,10 @@ class Recommender:
         kind: str | None = None,
         exclude_owned: bool = True,
     ) -> list[Recommendations]:
-        """``recommend`` for many users with one matrix product per block of users, which reads
-        the item factors once per block instead of once per user."""
+        """``recommend`` for many users. Without ``kind``, each user gets the early-stopping
+        norm-ordered scan (a few thousand rows each). With ``kind``, a filter can leave few
+        allowed assets and make that scan read everything, so users are scored in blocks with
+        one matrix product per block, which reads the item factors once per block."""
         with self._lock:
             results: list[Recommendations | None] = [None] * len(users)
             vectors: list[NDArray[np.float32]] = []
@@ -282,7 +285,15 @@ class Recommender:
                 vectors.append(vector)
                 owned_rows.append(owned[owned < self._n_model])
                 slots.append(slot)
-            if vectors:
+            if vectors and kind is None:
+                base = self._allowed(None, self._n_model)
+                for vector, owned_row, slot in zip(vectors, owned_rows, slots, strict=True):
+                    allowed = base.copy()
+                    if exclude_owned:
+                        allowed[owned_row] = False
+                    ids, best = self._ranker.top_n(vector, n, allowed)
+                    results[slot] = self._result(ids, best, fallback=False)
+            elif vectors:
                 allowed = self._allowed(kind, self._n_model)
                 disallowed = np.flatnonzero(~allowed)
                 block = max(1, _BATCH_BLOCK_BYTES // (4 * max(self._n_model, 1)))

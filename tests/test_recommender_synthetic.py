@@ -89,3 +89,24 @@ def test_fold_in_matches_implicit_recalculate_user(data: SyntheticData) -> None:
         row = built.matrix[u]
         ours = fold_in(als.item_factors, g, row.indices, row.data, config.alpha)
         np.testing.assert_allclose(ours, expected[u], rtol=2e-3, atol=2e-4)
+
+
+def test_early_stopping_ranking_equals_full_product(data: SyntheticData) -> None:
+    """recommend/recommend_batch (norm-ordered scan) give the full product's top n, with and
+    without a kind filter, for users with training rows."""
+    model = train(build_from_columns(data.columns, InteractionConfig()), ALS)
+    kinds = {a: ("scene" if i % 7 == 0 else "model") for i, a in enumerate(model.item_ids)}
+    rec = Recommender(model, asset_kinds=kinds)
+    users = [u for u in range(300) if model.user_row(u)[0].size]
+    names = [model.user_ids[u] for u in users]
+    for kind in (None, "scene"):
+        batch = rec.recommend_batch(names, n=10, kind=kind)
+        for u, name, batched in zip(users, names, batch, strict=True):
+            scores = model.item_factors @ model.user_factors[u]
+            scores[model.user_row(u)[0]] = -np.inf
+            if kind is not None:
+                scores[[kinds[a] != kind for a in model.item_ids]] = -np.inf
+            expected = np.sort(scores)[::-1][:10]
+            single = rec.recommend(name, n=10, kind=kind)
+            np.testing.assert_allclose([s for _, s in single], expected, rtol=1e-4, atol=1e-5)
+            assert batched.ids == single.ids
