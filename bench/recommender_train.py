@@ -7,7 +7,7 @@ the kernel's high-water mark (VmHWM) is reset before every phase through
 ``/proc/self/clear_refs`` so a phase is not charged for an earlier one's peak; where that is
 not allowed, the process-wide peak so far is shown and marked with ``*``.
 
-    .venv/bin/python bench/recommender_train.py                       # full size, ~5 min
+    .venv/bin/python bench/recommender_train.py                       # full size, ~2 min
     .venv/bin/python bench/recommender_train.py --users 100000 --items 20000 --events 2000000
 
 BLAS: ``recommender.train`` pins BLAS to one thread itself (threadpoolctl) while implicit
