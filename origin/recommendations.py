@@ -28,8 +28,7 @@ from functools import partial
 from typing import Any
 
 from blobstore import BlobBackend, Digest
-from recommender import Event, Model, Recommender, load_model, model_from_bytes
-from recommender.serving import pin_blas_threads
+from recommender import Event, Model, Recommender, load_model, model_from_bytes, pin_blas_threads
 
 from .catalog import AssetBrief, EventRecord, ModelRecord, RecommenderCatalog
 from .config import Config

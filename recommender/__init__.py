@@ -30,7 +30,7 @@ from .evaluation import (
 from .events import AssetId, Event, EventColumns, encode_events
 from .interactions import Interactions, build_from_columns, build_interactions
 from .model import Model, ModelMeta
-from .serving import Recommendations, Recommender
+from .serving import Recommendations, Recommender, pin_blas_threads
 from .storage import load_model, model_from_bytes, model_to_bytes, save_model, write_model
 from .synthetic import SyntheticConfig, SyntheticData, generate
 from .training import train
@@ -61,6 +61,7 @@ __all__ = [
     "load_model",
     "model_from_bytes",
     "model_to_bytes",
+    "pin_blas_threads",
     "save_model",
     "split_by_time",
     "split_random",
