@@ -101,6 +101,13 @@ class Config:
     recommender_alpha: float = 10.0
     recommender_half_life: float = 0.0  # seconds; events lose half their weight per; 0: none
     recommender_lease_ttl: float = 120.0  # a trainer that stops renewing loses the lease
+    # Each user's top N stored with the model so most requests are a lookup (0: score live).
+    recommender_precompute: int = 100
+    # How often each worker reads events other workers recorded (for fold-in, no query per
+    # request), and how long a write may take to commit: events are read once they are this
+    # old, and a training run includes what was recorded this long before it starts.
+    recommender_tail_interval: float = 0.5
+    recommender_commit_lag: float = 2.0
 
     @property
     def recommender_kind_weights(self) -> dict[str, float]:
@@ -179,6 +186,12 @@ class Config:
             ("recommender_half_life", self.recommender_half_life >= 0,
              "must not be negative (0: no decay)"),
             ("recommender_lease_ttl", self.recommender_lease_ttl >= 1, "must be >= 1 second"),
+            ("recommender_precompute", 0 <= self.recommender_precompute <= 1000,
+             "must be 0..1000 (0: no precomputed lists)"),
+            ("recommender_tail_interval", 0.01 <= self.recommender_tail_interval <= 60,
+             "must be 0.01..60 seconds"),
+            ("recommender_commit_lag", 0 <= self.recommender_commit_lag <= 60,
+             "must be 0..60 seconds"),
         ]  # fmt: skip
         for key, ok, why in checks:
             if not ok:

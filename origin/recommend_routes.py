@@ -11,7 +11,7 @@ import contextlib
 import json
 import math
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -191,8 +191,10 @@ def _limit_and_kind(request: web.Request) -> tuple[int, str | None]:
 async def recommendations(request: web.Request) -> web.Response:
     limit, kind = _limit_and_kind(request)
     user = request.match_info["user"]
-    ranking = await request.app[RECOMMENDER].recommend(user, limit, kind)
-    return web.json_response(ranking.to_json(), headers={"Cache-Control": "no-store"})
+    body = await request.app[RECOMMENDER].recommend_json(user, limit, kind)
+    return web.Response(
+        body=body, content_type="application/json", headers={"Cache-Control": "no-store"}
+    )
 
 
 async def similar(request: web.Request) -> web.Response:
@@ -204,7 +206,8 @@ async def similar(request: web.Request) -> web.Response:
     ranking = await request.app[RECOMMENDER].similar(asset, limit, kind)
     if ranking is None:
         raise problems.not_found(f"no asset {asset}")
-    return web.json_response(ranking.to_json())
+    body = request.app[RECOMMENDER].encode(ranking)
+    return web.Response(body=body, content_type="application/json")
 
 
 async def admin_status(request: web.Request) -> web.Response:
@@ -240,8 +243,15 @@ def setup(app: web.Application) -> None:
     config = app[CONFIG]
     catalog = app[CATALOG]
     rcatalog = RecommenderCatalog(catalog.engine)
+    service: RecommenderService | None = None
+
+    async def write(batch: Sequence[EventRecord]) -> None:
+        recorded_at = await rcatalog.add_events(batch)
+        if service is not None:
+            service.note_written(list(batch), recorded_at)
+
     buffer = EventBuffer(
-        rcatalog.add_events,
+        write,
         capacity=config.recommender_buffer_size,
         batch_size=config.recommender_batch_size,
         flush_interval=config.recommender_flush_interval,

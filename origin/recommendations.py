@@ -6,24 +6,37 @@ the blob store (memory-mapped when the store has a local file) and its ``Recomme
 in a thread; then one attribute is reassigned. A request reads that attribute once, so it is
 answered wholly by the old model or wholly by the new one, and no request waits for the swap.
 
-A user's list folds in their events newer than the model: those in the catalog (one indexed
-query on ``(user_id, at)``) and those this worker holds in its event buffer, so an event
-changes the list at once on the worker that took it and on every worker once written. Before a
-first model exists the answer is the catalog's popularity ranking with ``fallback: true``.
+A request costs no catalog query. A user's list folds in their events recorded after the
+model's cutoff: those this worker holds in memory (``RecentEvents``: its own writes at once,
+everyone else's tailed from the catalog every ``recommender_tail_interval``) and those still in
+its event buffer. So an event changes the list at once on the worker that took it, and on every
+other worker within flush interval + commit lag + tail interval. Before a first model exists
+the answer is the catalog's popularity ranking with ``fallback: true`` (one query per request:
+that state lasts until the first training).
 
-Scoring runs in one thread per worker (the ``Recommender`` serialises calls anyway), so the
-event loop keeps answering other requests while a large catalogue is scored.
+Three paths, cheapest first:
+* a user with no newer events: the model's precomputed list, filtered (deleted, kind; owned
+  items are not in it), on the event loop (a few microseconds, no thread hop); a user the model
+  does not know: the popularity ranking, computed once per (limit, kind) per model and
+  asset state;
+* otherwise, or when the stored list cannot fill the answer: live scoring with fold-in in one
+  thread per worker (the ``Recommender`` serialises calls anyway), so the event loop keeps
+  answering other requests while a large catalogue is scored.
+
+Answers are encoded to JSON bytes by hand from per-asset fragments cached until the asset
+changes: ``json.dumps`` of the dicts cost more than the lookup.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -33,6 +46,7 @@ from recommender import Event, Model, Recommender, load_model, model_from_bytes,
 from .catalog import AssetBrief, EventRecord, ModelRecord, RecommenderCatalog
 from .config import Config
 from .events import EventBuffer
+from .recent_events import RecentEvents
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +88,9 @@ class Ranking:
 class LoadedModel:
     record: ModelRecord
     recommender: Recommender
-    newest_event: datetime | None
+    # Events recorded after this are not in the model (details["events_cutoff"]; models from
+    # before that key fall back to their newest event time).
+    cutoff: datetime | None
 
 
 class RecommenderService:
@@ -97,6 +113,13 @@ class RecommenderService:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="recommender")
         self._refreshing = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._tail_task: asyncio.Task[None] | None = None
+        self.recent = RecentEvents(catalog, commit_lag=config.recommender_commit_lag)
+        # JSON of an item without its score, split around it: asset id -> (head, tail).
+        self._fragments: dict[str, tuple[bytes, bytes]] = {}
+        # Popularity answers for users without any signal, per (limit, kind); cleared when
+        # the model or any asset changes.
+        self._fallbacks: dict[tuple[int, str | None], bytes] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -108,13 +131,29 @@ class RecommenderService:
         except Exception:
             log.exception("recommender: first refresh failed; retrying on the poll schedule")
         self._task = asyncio.create_task(self._poll(), name="recommender-poll")
+        self._tail_task = asyncio.create_task(self._tail(), name="recommender-tail")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._tail_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _tail(self) -> None:
+        while True:
+            await asyncio.sleep(self._config.recommender_tail_interval)
+            try:
+                await self.recent.poll()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("recommender: reading recent events failed: %s", exc)
+
+    def note_written(self, batch: list[EventRecord], recorded_at: datetime) -> None:
+        """This worker's buffer wrote ``batch`` (before it leaves ``pending_for``)."""
+        self.recent.note_written(batch, recorded_at)
 
     async def _poll(self) -> None:
         while True:
@@ -154,6 +193,9 @@ class RecommenderService:
         fresh = [b for b in changed if self.assets.get(str(b.id)) != b]
         for brief in fresh:
             self.assets[str(brief.id)] = brief
+            self._fragments.pop(str(brief.id), None)
+        if fresh:
+            self._fallbacks.clear()
         loaded = self.loaded
         if fresh and loaded is not None:
             await self._in_executor(_apply_to, loaded.recommender, fresh)
@@ -175,7 +217,16 @@ class RecommenderService:
         recommender = await asyncio.to_thread(
             partial(Recommender, model, asset_kinds=kinds, deleted=deleted)
         )
-        self.loaded = LoadedModel(record, recommender, model.meta.newest_event_datetime)
+        raw_cutoff = record.details.get("events_cutoff")
+        cutoff = (
+            datetime.fromisoformat(raw_cutoff)
+            if isinstance(raw_cutoff, str)
+            else model.meta.newest_event_datetime
+        )
+        # No await from here on: requests see the new model and its cutoff together.
+        self.loaded = LoadedModel(record, recommender, cutoff)
+        self.recent.set_cutoff(cutoff or datetime.min.replace(tzinfo=UTC))
+        self._fallbacks.clear()
         log.info("recommender: now serving model %s (%d users, %d assets)",
                  record.id, model.meta.n_users, model.meta.n_items)  # fmt: skip
 
@@ -184,26 +235,81 @@ class RecommenderService:
 
     # -- answers ------------------------------------------------------------------------------
 
-    async def _recent(self, user: str, since: datetime | None) -> list[EventRecord]:
-        stored = await self._catalog.user_events(user, since, MAX_RECENT)
-        seen = {e.id for e in stored}
-        pending = [
-            e for e in self._buffer.pending_for(user)
-            if e.id not in seen and (since is None or e.at > since)
-        ]  # fmt: skip
-        return stored + pending
+    def _recent(self, user: str) -> list[EventRecord]:
+        """The user's events newer than the model: recorded after its cutoff (memory) and
+        still buffered here (not yet recorded, so newer than any model)."""
+        recent = list(self.recent.for_user(user))
+        pending = self._buffer.pending_for(user)
+        if pending:
+            seen = {e.id for e in recent}
+            recent.extend(e for e in pending if e.id not in seen)
+        if len(recent) > MAX_RECENT:
+            recent.sort(key=lambda e: e.at)
+            recent = recent[-MAX_RECENT:]
+        return recent
 
-    async def recommend(self, user: str, limit: int, kind: str | None) -> Ranking:
+    async def recommend_json(self, user: str, limit: int, kind: str | None) -> bytes:
+        """The answer of ``GET /users/{user}/recommendations`` as JSON bytes."""
         loaded = self.loaded  # once: the whole answer comes from one model
-        recent = await self._recent(user, None if loaded is None else loaded.newest_event)
         if loaded is None:
-            owned = {str(e.asset) for e in recent}
-            return Ranking(self._popular_items(limit, kind, owned), None, True)
+            # Before the first model only: the user's whole history from the catalog.
+            stored = await self._catalog.user_events(user, None, MAX_RECENT)
+            owned = {str(e.asset) for e in stored}
+            owned.update(str(e.asset) for e in self._buffer.pending_for(user))
+            return self.encode(Ranking(self._popular_items(limit, kind, owned), None, True))
+        recent = self._recent(user)
+        recommender = loaded.recommender
+        if not recent:
+            listed = recommender.recommend_stored(user, limit, kind)
+            if listed is not None:
+                return self._encode(listed.items, str(loaded.record.id), False)
+            if user not in recommender.model.user_index:
+                key = (limit, kind)
+                body = self._fallbacks.get(key)
+                if body is None:
+                    result = await self._in_executor(
+                        partial(recommender.recommend, user, limit, kind, True, ())
+                    )
+                    body = self._encode(result.items, str(loaded.record.id), result.fallback)
+                    if self.loaded is loaded:
+                        self._fallbacks[key] = body
+                return body
         events = [Event(e.user, str(e.asset), e.kind, e.weight, e.at) for e in recent]
         result = await self._in_executor(
-            partial(loaded.recommender.recommend, user, limit, kind, True, events)
+            partial(recommender.recommend, user, limit, kind, True, events)
         )
-        return Ranking(self._items(result.items), str(loaded.record.id), result.fallback)
+        return self._encode(result.items, str(loaded.record.id), result.fallback)
+
+    def encode(self, ranking: Ranking) -> bytes:
+        return self._encode(
+            tuple((i.asset, i.score) for i in ranking.items),
+            ranking.model_version,
+            ranking.fallback,
+        )
+
+    def _encode(
+        self, items: tuple[tuple[str, float], ...], version: str | None, fallback: bool
+    ) -> bytes:
+        """``Ranking.to_json`` as bytes, from cached per-asset fragments."""
+        parts = []
+        fragments = self._fragments
+        for asset, score in items:
+            pair = fragments.get(asset)
+            if pair is None:
+                brief = self.assets.get(asset)
+                head = json.dumps(asset)
+                name = json.dumps(brief.name if brief else None)
+                kind = json.dumps(brief.kind if brief else None)
+                pair = (
+                    f'{{"asset":{head},"score":'.encode(),
+                    f',"name":{name},"kind":{kind}}}'.encode(),
+                )
+                if len(fragments) < 1_000_000:
+                    fragments[asset] = pair
+            parts.append(pair[0] + repr(float(score)).encode() + pair[1])
+        tail = b'],"model_version":' + json.dumps(version).encode()
+        tail += b',"fallback":true}' if fallback else b',"fallback":false}'
+        return b'{"items":[' + b",".join(parts) + tail
 
     async def similar(self, asset: uuid.UUID, limit: int, kind: str | None) -> Ranking | None:
         """None when there is no such (live) asset."""

@@ -39,6 +39,7 @@ from recommender import (
     InteractionConfig,
     build_from_columns,
     evaluate_columns,
+    precompute_top,
     save_model,
     train,
 )
@@ -74,6 +75,10 @@ class TrainingJob:
     als: dict[str, Any]
     out: str
     evaluate: bool = True
+    # Train on the events recorded at or before this time (ISO 8601); serving folds in the
+    # rest. None: every event.
+    recorded_upto: str | None = None
+    precompute: int = 0  # each user's top N stored with the model
 
 
 def interaction_config(config: Config) -> InteractionConfig:
@@ -90,8 +95,11 @@ def als_config(config: Config) -> ALSConfig:
     )
 
 
-async def read_columns(catalog: RecommenderCatalog) -> EventColumns:
-    """Every event in the catalog, column-wise (ids numbered in order of appearance)."""
+async def read_columns(
+    catalog: RecommenderCatalog, recorded_upto: datetime | None = None
+) -> EventColumns:
+    """Every event in the catalog (recorded up to ``recorded_upto``), column-wise (ids
+    numbered in order of appearance)."""
     users: dict[str, int] = {}
     items: dict[str, int] = {}
     kinds: dict[str, int] = {}
@@ -100,7 +108,7 @@ async def read_columns(catalog: RecommenderCatalog) -> EventColumns:
     k: list[int] = []
     w: list[float] = []
     t: list[float] = []
-    async for page in catalog.event_pages():
+    async for page in catalog.event_pages(recorded_upto=recorded_upto):
         for e in page:
             u.append(users.setdefault(e.user, len(users)))
             i.append(items.setdefault(str(e.asset), len(items)))
@@ -119,10 +127,10 @@ async def read_columns(catalog: RecommenderCatalog) -> EventColumns:
     )
 
 
-async def _read_from(url: str) -> EventColumns:
+async def _read_from(url: str, recorded_upto: datetime | None) -> EventColumns:
     engine = create_engine(url)
     try:
-        return await read_columns(RecommenderCatalog(engine))
+        return await read_columns(RecommenderCatalog(engine), recorded_upto)
     finally:
         await engine.dispose()
 
@@ -130,11 +138,16 @@ async def _read_from(url: str) -> EventColumns:
 def run_job(job: TrainingJob) -> dict[str, Any]:
     """The training process's entry point; returns the details recorded with the model."""
     started = time.perf_counter()
-    columns = asyncio.run(_read_from(job.catalog_url))
+    upto = None if job.recorded_upto is None else datetime.fromisoformat(job.recorded_upto)
+    columns = asyncio.run(_read_from(job.catalog_url, upto))
     read_seconds = time.perf_counter() - started
     interactions_config = InteractionConfig(job.kind_weights, job.half_life)
     als = ALSConfig.from_dict(job.als)
     model = train(build_from_columns(columns, interactions_config), als)
+    precompute_seconds = 0.0
+    if job.precompute > 0:
+        model, stats = precompute_top(model, job.precompute)
+        precompute_seconds = stats.seconds
     save_model(model, job.out)
     meta = model.meta
     details: dict[str, Any] = {
@@ -146,6 +159,9 @@ def run_job(job: TrainingJob) -> dict[str, Any]:
         "newest_event_at": meta.newest_event_at,
         "read_seconds": round(read_seconds, 3),
         "training_seconds": round(meta.training_seconds, 3),
+        "precompute": model.top_k,
+        "precompute_seconds": round(precompute_seconds, 3),
+        "events_cutoff": job.recorded_upto,
         "evaluation": None,
     }
     if job.evaluate and len(columns) >= _MIN_EVENTS_TO_EVALUATE:
@@ -184,6 +200,19 @@ async def _in_process(job: TrainingJob) -> dict[str, Any]:
         raise
     await asyncio.to_thread(pool.shutdown)
     return details
+
+
+async def publish_model(
+    catalog: Catalog, store: BlobBackend, path: Path, details: dict[str, Any]
+) -> ModelRecord:
+    """Store a model file as a blob and record it in ``models``: every worker's poll then
+    swaps to it. ``details`` should carry ``events_cutoff`` (ISO time; serving folds in the
+    events recorded after it)."""
+    result = await store.put(_file_chunks(path), Expectation(), MODEL_CONTENT_TYPE)
+    await catalog.record_blob(result.info)
+    return await RecommenderCatalog(catalog.engine).record_model(
+        str(result.info.digest), datetime.now(UTC), details
+    )
 
 
 class Trainer:
@@ -247,21 +276,24 @@ class Trainer:
             if self._before is not None:
                 await self._before()
             config = self._config
+            # Everything recorded up to now is in the run: a write stamped before the cutoff
+            # commits within the commit lag, so wait that long before reading. Serving folds in
+            # exactly the events recorded after the cutoff.
+            cutoff = datetime.now(UTC)
+            await asyncio.sleep(config.recommender_commit_lag)
             job = TrainingJob(
                 catalog_url=config.catalog_url,
                 kind_weights=config.recommender_kind_weights,
                 half_life=config.recommender_half_life or None,
                 als=als_config(config).to_dict(),
                 out=str(out),
+                recorded_upto=cutoff.isoformat(),
+                precompute=config.recommender_precompute,
             )
             started = datetime.now(UTC)
             details = await _in_process(job)
-            result = await self._store.put(_file_chunks(out), Expectation(), MODEL_CONTENT_TYPE)
-            await self._catalog.record_blob(result.info)
             details["started_at"] = started.isoformat()
-            record = await self._rcatalog.record_model(
-                str(result.info.digest), datetime.now(UTC), details
-            )
+            record = await publish_model(self._catalog, self._store, out, details)
             log.info("recommender: trained model %s (%s users, %s assets, %s events)",
                      record.id, details["users"], details["assets"], details["events"])  # fmt: skip
             self.last_error = None

@@ -8,6 +8,8 @@ Pipeline (each step a module, numeric code apart from I/O):
 * ``training``: ``train`` → ``Model`` with implicit's CPU ALS, BLAS pinned to one thread.
 * ``storage``: one-file model format (``save_model``/``load_model``/``model_to_bytes``/
   ``model_from_bytes``), no pickle, loadable as zero-copy views or an mmap.
+* ``precompute``: ``precompute_top`` stores every user's top k with the model (serving is then
+  a lookup for users without newer events).
 * ``serving``: ``Recommender`` (numpy only): ``recommend``, ``recommend_batch``, ``similar``,
   ``popular``, fold-in of newer events, popularity fallback, kind filter, deleted assets.
 * ``evaluation``: random/time splits, precision/recall/nDCG@k and coverage, ALS vs popularity.
@@ -30,6 +32,7 @@ from .evaluation import (
 from .events import AssetId, Event, EventColumns, encode_events
 from .interactions import Interactions, build_from_columns, build_interactions
 from .model import Model, ModelMeta
+from .precompute import PrecomputeStats, precompute_top
 from .serving import Recommendations, Recommender, pin_blas_threads
 from .storage import load_model, model_from_bytes, model_to_bytes, save_model, write_model
 from .synthetic import SyntheticConfig, SyntheticData, generate
@@ -47,6 +50,7 @@ __all__ = [
     "Metrics",
     "Model",
     "ModelMeta",
+    "PrecomputeStats",
     "Recommendations",
     "Recommender",
     "Split",
@@ -62,6 +66,7 @@ __all__ = [
     "model_from_bytes",
     "model_to_bytes",
     "pin_blas_threads",
+    "precompute_top",
     "save_model",
     "split_by_time",
     "split_random",

@@ -91,6 +91,10 @@ class Model:
     user_items: sp.csr_matrix
     popularity: NDArray[np.float64]
     meta: ModelMeta
+    # Optional precomputed rankings (``precompute_top``): row ``u`` holds user ``u``'s best
+    # model item indices, best first, excluding their training row; -1 pads short rows.
+    top_items: NDArray[np.int32] | None = None
+    top_scores: NDArray[np.float32] | None = None
 
     def __post_init__(self) -> None:
         n_users, n_items = len(self.user_ids), len(self.item_ids)
@@ -100,6 +104,18 @@ class Model:
             raise ValueError("user and item factors differ in width")
         if self.user_items.shape != (n_users, n_items) or self.popularity.shape != (n_items,):
             raise ValueError("user_items or popularity do not match the id maps")
+        if (self.top_items is None) != (self.top_scores is None):
+            raise ValueError("top_items and top_scores come together")
+        if self.top_items is not None and self.top_scores is not None:
+            if self.top_items.ndim != 2 or self.top_items.shape[0] != n_users:
+                raise ValueError("top_items must have one row per user")
+            if self.top_scores.shape != self.top_items.shape:
+                raise ValueError("top_scores must match top_items")
+
+    @property
+    def top_k(self) -> int:
+        """Entries per user in the precomputed rankings (0: none stored)."""
+        return 0 if self.top_items is None else int(self.top_items.shape[1])
 
     @property
     def factors(self) -> int:

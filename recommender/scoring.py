@@ -135,6 +135,11 @@ class InnerProductIndex:
     def __len__(self) -> int:
         return len(self.order)
 
+    def bound(self, position: int) -> float:
+        """Upper bound on ``|y|`` (slack included) of every item from ``position`` on in norm
+        order, so ``|x| * bound(p)`` caps any score those items can reach; 0 past the end."""
+        return float(self._bounds[position]) if position < len(self._bounds) else 0.0
+
     def top_n(
         self, vector: NDArray[np.floating], n: int, allowed: NDArray[np.bool_] | None = None
     ) -> tuple[NDArray[np.intp], NDArray[np.float32]]:

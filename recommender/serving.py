@@ -261,6 +261,47 @@ class Recommender:
                 allowed[owned[owned < self._n_model]] = False
             return self._result(*self._ranker.top_n(vector, n, allowed), fallback=False)
 
+    def recommend_stored(
+        self, user: str, n: int = 10, kind: str | None = None
+    ) -> Recommendations | None:
+        """``recommend(user, n, kind)`` from the model's precomputed lists, for a user with no
+        events newer than the model; None when the list cannot give the whole answer (no
+        lists, unknown user, or fewer than ``n`` entries survive deletions and ``kind`` while
+        the stored list was cut at its length): then score with ``recommend``.
+
+        Takes no lock, so a request is never stuck behind a scoring thread: it reads the
+        immutable lists and the deletion/kind arrays, each read once; an element write from
+        ``mark_deleted`` is atomic under the GIL, so the answer reflects the deletion or not,
+        as a call just before or after it would."""
+        top = self.model.top_items
+        scores = self.model.top_scores
+        u = self._user_index.get(user)
+        if top is None or scores is None or u is None or n <= 0:
+            return None
+        row = top[u]
+        filled = row >= 0
+        count = int(filled.sum()) if not filled[-1] else len(row)
+        if count == 0:
+            return None  # no list (e.g. no training row: popularity is ``recommend``'s job)
+        ids = row[:count]
+        keep = ~self._deleted_mask[ids]
+        if kind is not None:
+            code = self._kind_codes.get(kind)
+            if code is None:
+                return Recommendations((), False)
+            keep &= self._kind_code[ids] == code
+        chosen = np.flatnonzero(keep)[:n]
+        if len(chosen) < n and count == len(row):
+            return None  # the list was cut at its length: items beyond it may qualify
+        names = self.model.item_ids
+        return Recommendations(
+            tuple(
+                (names[i], s)
+                for i, s in zip(ids[chosen].tolist(), scores[u][chosen].tolist(), strict=True)
+            ),
+            False,
+        )
+
     def recommend_batch(
         self,
         users: Sequence[str],

@@ -50,7 +50,7 @@ def _unpack_ids(blob: NDArray[np.uint8], count: int) -> list[str]:
 
 def _arrays(model: Model) -> dict[str, NDArray[Any]]:
     matrix = model.user_items
-    return {
+    arrays = {
         "user_factors": np.ascontiguousarray(model.user_factors, dtype="<f4"),
         "item_factors": np.ascontiguousarray(model.item_factors, dtype="<f4"),
         "user_items_indptr": np.ascontiguousarray(matrix.indptr, dtype="<i8"),
@@ -60,6 +60,12 @@ def _arrays(model: Model) -> dict[str, NDArray[Any]]:
         "user_ids": _pack_ids(model.user_ids),
         "item_ids": _pack_ids(model.item_ids),
     }
+    # Optional arrays: a reader that does not know them ignores them, and a file without
+    # them loads with ``top_items=None``; so the format version stays 1 both ways.
+    if model.top_items is not None and model.top_scores is not None:
+        arrays["top_items"] = np.ascontiguousarray(model.top_items, dtype="<i4")
+        arrays["top_scores"] = np.ascontiguousarray(model.top_scores, dtype="<f4")
+    return arrays
 
 
 def _pad(n: int) -> int:
@@ -84,7 +90,8 @@ def write_model(model: Model, out: BinaryIO) -> int:
     written = out.write(MAGIC) + out.write(_HEADER.pack(len(header))) + out.write(header)
     written += out.write(b"\x00" * (data_start - written))
     for array in arrays.values():
-        written += out.write(array.data.cast("B"))
+        if array.nbytes:  # memoryview cannot cast an empty 2-d view
+            written += out.write(array.data.cast("B"))
         written += out.write(b"\x00" * _pad(array.nbytes))
     return written
 
@@ -154,6 +161,8 @@ def model_from_buffer(buffer: Any) -> Model:
         user_items=user_items,
         popularity=arrays["popularity"],
         meta=meta,
+        top_items=arrays.get("top_items"),
+        top_scores=arrays.get("top_scores"),
     )
 
 

@@ -38,6 +38,9 @@ class EventRecord:
     kind: str
     weight: float
     at: datetime
+    # When the catalog stored it (server clock); None until written, and for rows from
+    # before migration 0003.
+    recorded_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +64,10 @@ class AssetBrief:
 
 
 def _event(row: Any) -> EventRecord:
-    return EventRecord(row.id, row.user_id, row.asset_id, row.kind, row.weight, _utc(row.at))
+    recorded = None if row.recorded_at is None else _utc(row.recorded_at)
+    return EventRecord(
+        row.id, row.user_id, row.asset_id, row.kind, row.weight, _utc(row.at), recorded
+    )
 
 
 def _model(row: Any) -> ModelRecord:
@@ -79,12 +85,17 @@ class RecommenderCatalog:
 
     # -- events -------------------------------------------------------------------------------
 
-    async def add_events(self, batch: Sequence[EventRecord]) -> None:
+    async def add_events(self, batch: Sequence[EventRecord]) -> datetime:
         """The batch as multi-row INSERTs (one when it fits the parameter limit), in one
         transaction. Ids are made before the first attempt and rows already there are skipped,
-        so writing a batch again (a commit whose answer was lost) never duplicates events."""
+        so writing a batch again (a commit whose answer was lost) never duplicates events.
+
+        Every row gets ``recorded_at`` = now, taken inside each attempt so that the stamp is
+        never older than the transaction that commits it by more than one attempt's duration
+        (what ``events_recorded``'s readers rely on); returns that stamp."""
+        stamp = datetime.now(UTC)
         if not batch:
-            return
+            return stamp
         rows = [
             {"id": e.id, "user_id": e.user, "asset_id": e.asset, "kind": e.kind,
              "weight": e.weight, "at": e.at}
@@ -100,10 +111,35 @@ class RecommenderCatalog:
             .execution_options(insertmanyvalues_page_size=_MAX_PARAMS // 6)
         )
 
-        async def work(conn: AsyncConnection) -> None:
+        async def work(conn: AsyncConnection) -> datetime:
+            now = datetime.now(UTC)
+            for row in rows:
+                row["recorded_at"] = now
             await conn.execute(statement, rows)
+            return now
 
-        await transaction(self.engine, work)
+        return await transaction(self.engine, work)
+
+    async def events_recorded(
+        self,
+        after: tuple[datetime, uuid.UUID] | None,
+        upto: datetime,
+        limit: int = 50_000,
+    ) -> list[EventRecord]:
+        """Events recorded after the keyset position ``after`` ((recorded_at, id); from the
+        start when None) and at or before ``upto``, in that order (index ix_events_recorded_at).
+        Rows without ``recorded_at`` (before migration 0003) are never returned."""
+        query = select(events).where(events.c.recorded_at <= upto)
+        if after is not None:
+            at, last = after
+            query = query.where(
+                (events.c.recorded_at > at) | and_(events.c.recorded_at == at, events.c.id > last)
+            )
+        else:
+            query = query.where(events.c.recorded_at.is_not(None))
+        query = query.order_by(events.c.recorded_at, events.c.id).limit(limit)
+        async with self.engine.connect() as conn:
+            return [_event(r) for r in await conn.execute(query)]
 
     async def user_events(
         self, user: str, since: datetime | None, limit: int = 1000
@@ -116,11 +152,19 @@ class RecommenderCatalog:
         async with self.engine.connect() as conn:
             return [_event(r) for r in await conn.execute(query)]
 
-    async def event_pages(self, page: int = 50_000) -> AsyncIterator[list[EventRecord]]:
-        """Every event, in pages by id (short reads: no transaction stays open for the scan)."""
+    async def event_pages(
+        self, page: int = 50_000, recorded_upto: datetime | None = None
+    ) -> AsyncIterator[list[EventRecord]]:
+        """Every event (with ``recorded_upto``: every one recorded at or before it, rows from
+        before migration 0003 included), in pages by id (short reads: no transaction stays
+        open for the scan)."""
         after: uuid.UUID | None = None
         while True:
             query = select(events).order_by(events.c.id).limit(page)
+            if recorded_upto is not None:
+                query = query.where(
+                    events.c.recorded_at.is_(None) | (events.c.recorded_at <= recorded_upto)
+                )
             if after is not None:
                 query = query.where(events.c.id > after)
             async with self.engine.connect() as conn:

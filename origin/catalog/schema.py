@@ -99,8 +99,11 @@ events = Table(
     Column("kind", String(32), nullable=False),
     Column("weight", Float, nullable=False),
     Column("at", DateTime(timezone=True), nullable=False),
+    # Stamped by the server that wrote the row (migration 0003): what workers tail by.
+    Column("recorded_at", DateTime(timezone=True), nullable=True),
     Index("ix_events_at", "at"),
     Index("ix_events_user_id_at", "user_id", "at"),
+    Index("ix_events_recorded_at", "recorded_at"),
 )
 
 models = Table(

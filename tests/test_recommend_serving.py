@@ -1,0 +1,120 @@
+"""Serving without a query per request: precomputed lists, and fold-in fed by the tail of the
+events table, across two workers (two apps on one catalog and store)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from sqlalchemy import update
+
+from origin import create_app
+from origin.appkeys import CATALOG
+from origin.catalog import Catalog, upgrade
+from origin.catalog.schema import assets
+from origin.recommend_routes import BUFFER, RECOMMENDER
+
+from .conftest import AUTH, Client
+from .test_recommend_api import load_world, make_config, recs, train
+
+LAG = 0.2
+
+
+@pytest.fixture
+async def workers(catalog_url: str, tmp_path: Path) -> AsyncIterator[tuple[Client, Client]]:
+    catalog = Catalog.connect(catalog_url)
+    await upgrade(catalog.engine)
+    await catalog.close()
+    config = make_config(tmp_path, catalog_url, recommender_commit_lag=LAG)
+    async with (
+        TestClient(TestServer(create_app(config))) as one,
+        TestClient(TestServer(create_app(config))) as two,
+    ):
+        yield one, two
+
+
+async def test_a_backdated_event_folds_in_on_every_worker(workers: tuple[Client, Client]) -> None:
+    one, two = workers
+    world = await load_world(one)
+    await train(one)
+    await two.app[RECOMMENDER].refresh()
+    user, group = world.heavy_user()
+    first = [i["asset"] for i in (await recs(two, user, limit="10"))["items"]]
+    assert first == [i["asset"] for i in (await recs(one, user, limit="10"))["items"]]
+    other = (group + 1) % world.data.config.communities
+    liked = [world.asset_ids[int(i)] for i in world.data.community_items(other)[:4]]
+    # Dated long before the model's newest event: only the server's recorded_at shows it
+    # is newer than the model.
+    events = [
+        {"user": user, "asset": a, "kind": "like", "weight": 20, "at": "2000-01-01T00:00:00Z"}
+        for a in liked
+    ]
+    assert (await one.post("/events", json={"events": events}, headers=AUTH)).status == 202
+    here = [i["asset"] for i in (await recs(one, user, limit="10"))["items"]]
+    assert here != first
+    assert not set(liked) & set(here)
+    await one.app[BUFFER].flush()
+    await asyncio.sleep(LAG + 0.05)
+    await two.app[RECOMMENDER].recent.poll()  # (or its own tail task did it already)
+    assert {e.asset for e in two.app[RECOMMENDER].recent.for_user(user)} == {
+        uuid.UUID(a) for a in liked
+    }
+    there = [i["asset"] for i in (await recs(two, user, limit="10"))["items"]]
+    assert there == here
+    # A new model trained on them takes them over: nothing counts twice.
+    await train(two)
+    await one.app[RECOMMENDER].refresh()
+    assert list(one.app[RECOMMENDER].recent.for_user(user)) == []
+    assert list(two.app[RECOMMENDER].recent.for_user(user)) == []
+    status = await (await two.get("/admin/recommender", headers=AUTH)).json()
+    assert status["events"] == world.data.config.n_events + len(liked)
+
+
+async def test_precomputed_lists_respect_deletions_kind_and_owned(
+    workers: tuple[Client, Client],
+) -> None:
+    one, _two = workers
+    world = await load_world(one)
+    await train(one)
+    service = one.app[RECOMMENDER]
+    loaded = service.loaded
+    assert loaded is not None
+    assert loaded.recommender.model.top_k > 0
+    user, _group = world.heavy_user()
+    stored = loaded.recommender.recommend_stored(user, 10)
+    assert stored is not None  # this answer is a lookup
+    body = await recs(one, user, limit="10")
+    assert [i["asset"] for i in body["items"]] == stored.ids
+    assert body["items"] == [
+        {"asset": a, "score": s, "name": service.assets[a].name, "kind": service.assets[a].kind}
+        for a, s in stored.items
+    ]
+    live = loaded.recommender.recommend(user, 10, recent=())
+    assert [i["asset"] for i in body["items"]] == live.ids
+    c = world.data.columns
+    owned = {world.asset_ids[i] for i in c.item[c.user == c.user_ids.index(user)].tolist()}
+    assert not owned & set(stored.ids)
+    gone = stored.ids[0]
+    async with one.app[CATALOG].engine.begin() as conn:
+        await conn.execute(
+            update(assets)
+            .where(assets.c.id == uuid.UUID(gone))
+            .values(deleted=1, updated_at=datetime.now(UTC))
+        )
+    await service.refresh()
+    after = [i["asset"] for i in (await recs(one, user, limit="10"))["items"]]
+    assert gone not in after
+    assert after[:9] == stored.ids[1:]
+    props = (await recs(one, user, limit="5", kind="prop"))["items"]
+    assert props
+    assert {i["kind"] for i in props} == {"prop"}
+    # More than the stored list holds: scored live, still without deleted or owned assets.
+    many = {i["asset"] for i in (await recs(one, user, limit="100"))["items"]}
+    assert len(many) > 50
+    assert gone not in many
+    assert not owned & many
