@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -105,3 +107,65 @@ def test_sshd_down_serves_cached_blobs_and_refuses_puts_then_recovers(
         assert time.monotonic() < deadline, "the origin never reconnected"
         time.sleep(0.5)
     assert on_sftp(sshd, b3(new)).read_bytes() == new
+
+
+def sftp_temp_files(sshd: SshdServer) -> list[Path]:
+    return [p for p in (sshd.root / "tmp").glob("*.part")]
+
+
+def start_put(origin: LiveOrigin, digest: str, total: int, first: bytes) -> socket.socket:
+    """A PUT whose body stops after ``first``, once the origin streams it into the store."""
+    sock = connect(origin)
+    sock.sendall(request_head("PUT", f"/blobs/{digest}",
+                              {**auth(origin), "Content-Length": str(total)}))  # fmt: skip
+    sock.sendall(first)
+    return sock
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
+def test_origin_killed_mid_put_leaves_no_blob_on_sftp(
+    sftp_origin: LiveOrigin, sshd: SshdServer
+) -> None:
+    data = os.urandom(8 << 20)
+    digest = b3(data)
+    with start_put(sftp_origin, digest, len(data), data[: 3 << 20]):
+        wait_for(lambda: sftp_temp_files(sshd) != [], "the upload never reached the store")
+        sftp_origin.kill()  # SIGKILL: no cleanup of any kind runs
+    assert not on_sftp(sshd, digest).exists()
+    assert list((sshd.root / "blobs").rglob(digest)) == []
+    assert len(sftp_temp_files(sshd)) == 1  # under its temp name only, swept once it is old
+    restarted = LiveOrigin(data_dir=sftp_origin.data_dir, env=sftp_origin.env).start()
+    try:
+        assert http(restarted, "PUT", f"/blobs/{digest}", data, auth(restarted))[0] == 201
+        assert on_sftp(sshd, digest).read_bytes() == data
+        assert http(restarted, "GET", f"/blobs/{digest}") == (200, data)
+    finally:
+        restarted.stop()
+
+
+def test_sshd_stopped_mid_put_is_503_and_nothing_half_written(
+    sftp_origin: LiveOrigin, sshd: SshdServer
+) -> None:
+    data = os.urandom(8 << 20)
+    digest = b3(data)
+    with start_put(sftp_origin, digest, len(data), data[: 3 << 20]) as sock:
+        wait_for(lambda: sftp_temp_files(sshd) != [], "the upload never reached the store")
+        sshd.stop()
+        with contextlib.suppress(OSError):  # the origin may answer before taking it all
+            sock.sendall(data[3 << 20 :])
+        assert read_head(sock).startswith(b"HTTP/1.1 503")
+    assert not on_sftp(sshd, digest).exists()
+    assert list((sshd.root / "blobs").rglob(digest)) == []
+    assert list((sshd.root / "meta").rglob(f"{digest}.json")) == []
+    sshd.start()
+    wait_for(
+        lambda: http(sftp_origin, "PUT", f"/blobs/{digest}", data, auth(sftp_origin))[0] == 201,
+        "the origin never reconnected",
+    )
+    assert on_sftp(sshd, digest).read_bytes() == data
