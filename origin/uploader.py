@@ -31,6 +31,7 @@ from tenacity import wait_exponential_jitter as jitter
 
 MISSING_BATCH = 1000
 READ_BLOCK = 1 << 20
+RACY_NS = 2_000_000_000
 # glTF media types, which the mimetypes module does not know everywhere.
 MEDIA_TYPES = {".glb": "model/gltf-binary", ".gltf": "model/gltf+json", ".tscn": "text/plain"}
 
@@ -121,14 +122,21 @@ def read_batch(lines: Iterable[str], source: str) -> list[Item]:
 # -- hashing ----------------------------------------------------------------------------------
 
 
-def _hash_file(path: str) -> tuple[str, int, int]:
-    """Runs in a worker process: one file's BLAKE3, size and mtime."""
+def _identity(stat: os.stat_result) -> list[int]:
+    """What a cached digest is valid for. mtime alone misses a same-size rewrite whose mtime was
+    put back (``cp -p``, ``rsync -t``, ``tar x``); ctime cannot be set back, and a new inode
+    means a new file."""
+    return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
+
+
+def _hash_file(path: str) -> tuple[str, list[int]]:
+    """Runs in a worker process: one file's BLAKE3, and the identity it was read under."""
     hasher = blake3.blake3()
     with open(path, "rb") as f:
         stat = os.fstat(f.fileno())
         while block := f.read(READ_BLOCK):
             hasher.update(block)
-    return hasher.hexdigest(), stat.st_size, stat.st_mtime_ns
+    return hasher.hexdigest(), _identity(stat)
 
 
 def _load_cache(path: Path | None) -> dict[str, list[Any]]:
@@ -141,6 +149,10 @@ def _load_cache(path: Path | None) -> dict[str, list[Any]]:
 async def hash_all(items: list[Item], cache_path: Path | None) -> None:
     cache = _load_cache(cache_path)
     loop = asyncio.get_running_loop()
+    # A file changed within the file system's timestamp granularity of being hashed would keep
+    # its identity ("racy git"): digests of files that recent are used but not cached.
+    racy_after = time.time_ns() - RACY_NS
+    identity: dict[int, list[int]] = {}
     todo: list[Item] = []
     for item in items:
         try:
@@ -149,8 +161,8 @@ async def hash_all(items: list[Item], cache_path: Path | None) -> None:
             item.error = f"cannot read: {exc.strerror}"
             continue
         cached = cache.get(str(item.path.resolve()))
-        if cached and cached[:2] == [stat.st_size, stat.st_mtime_ns]:
-            item.size, item.mtime_ns, item.digest = stat.st_size, stat.st_mtime_ns, cached[2]
+        if cached and cached[:-1] == _identity(stat):
+            item.size, item.mtime_ns, item.digest = stat.st_size, stat.st_mtime_ns, cached[-1]
         else:
             todo.append(item)
     with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
@@ -163,11 +175,13 @@ async def hash_all(items: list[Item], cache_path: Path | None) -> None:
             elif isinstance(result, BaseException):
                 item.error = f"cannot hash: {result}"
             else:
-                item.digest, item.size, item.mtime_ns = result
+                item.digest, identity[id(item)] = result
+                item.size, item.mtime_ns = result[1][0], result[1][1]
     if cache_path is not None:
-        for item in items:
-            if item.digest is not None:
-                cache[str(item.path.resolve())] = [item.size, item.mtime_ns, item.digest]
+        for item in todo:
+            key = identity.get(id(item))
+            if item.digest is not None and key is not None and max(key[1:3]) < racy_after:
+                cache[str(item.path.resolve())] = [*key, item.digest]
         cache_path.parent.mkdir(parents=True, exist_ok=True)
         temp = cache_path.with_suffix(".tmp")
         temp.write_text(json.dumps(cache))

@@ -123,6 +123,23 @@ def test_changed_file_is_sent_again_and_unchanged_ones_are_not(
     assert b3(b"second version") in stored(live_origin)
 
 
+def test_same_size_rewrite_with_its_mtime_put_back_is_sent_again(
+    live_origin: LiveOrigin, tmp_path: Path
+) -> None:
+    tree = tmp_path / "t"
+    make_tree(tree, {"a.glb": b"version 1", "b.glb": b"stays"})
+    old = (tree / "a.glb").stat()
+    assert run_upload(live_origin, tmp_path, str(tree)).returncode == 0
+    time.sleep(2.1)  # the first digests are old enough to be cached, not "racily clean"
+    assert run_upload(live_origin, tmp_path, str(tree)).returncode == 0
+    (tree / "a.glb").write_bytes(b"version 2")  # same size; then the old mtime, as cp -p does
+    os.utime(tree / "a.glb", ns=(old.st_atime_ns, old.st_mtime_ns))
+    result = run_upload(live_origin, tmp_path, str(tree))
+    assert result.returncode == 0, result.stderr
+    assert "1 uploaded" in result.stdout
+    assert b3(b"version 2") in stored(live_origin)
+
+
 def test_unreadable_file_is_reported_and_the_rest_uploads(
     live_origin: LiveOrigin, tmp_path: Path
 ) -> None:
