@@ -107,6 +107,9 @@ class RecommenderService:
         self._buffer = buffer
         self._kind_weights = config.recommender_kind_weights
         self.assets: dict[str, AssetBrief] = {}
+        # Live (not deleted) assets by their canonical id string: POST /events checks ids
+        # here without parsing them or asking the catalog.
+        self.live_ids: dict[str, uuid.UUID] = {}
         self._asset_cursor: datetime | None = None
         self.loaded: LoadedModel | None = None
         self._popular: list[tuple[str, float]] = []
@@ -192,8 +195,13 @@ class RecommenderService:
     async def _apply_asset_changes(self, changed: list[AssetBrief]) -> None:
         fresh = [b for b in changed if self.assets.get(str(b.id)) != b]
         for brief in fresh:
-            self.assets[str(brief.id)] = brief
-            self._fragments.pop(str(brief.id), None)
+            key = str(brief.id)
+            self.assets[key] = brief
+            self._fragments.pop(key, None)
+            if brief.deleted:
+                self.live_ids.pop(key, None)
+            else:
+                self.live_ids[key] = brief.id
         if fresh:
             self._fallbacks.clear()
         loaded = self.loaded

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -17,7 +18,7 @@ from origin import create_app
 from origin.appkeys import CATALOG
 from origin.catalog import Catalog, upgrade
 from origin.catalog.schema import assets
-from origin.recommend_routes import BUFFER, RECOMMENDER
+from origin.recommend_routes import BUFFER, RECOMMENDER, _check_fast, _check_item
 
 from .conftest import AUTH, Client
 from .test_recommend_api import load_world, make_config, recs, train
@@ -118,3 +119,41 @@ async def test_precomputed_lists_respect_deletions_kind_and_owned(
     assert len(many) > 50
     assert gone not in many
     assert not owned & many
+
+
+def test_the_fast_event_check_agrees_with_the_full_one() -> None:
+    asset = uuid.uuid4()
+    live = {str(asset): asset}
+    kinds = {"use": 2.0, "like": 4.0}
+    now = datetime.now(UTC)
+    base = {"user": "ann", "asset": str(asset), "kind": "use"}
+    variants: list[Any] = [
+        base,
+        {**base, "weight": 3},
+        {**base, "weight": 2.5},
+        {**base, "weight": True},
+        {**base, "weight": 10**400},
+        {**base, "weight": float("nan")},
+        {**base, "weight": 0},
+        {**base, "at": "2020-01-01T00:00:00Z"},
+        {**base, "at": "2020-01-01T00:00:00"},
+        {**base, "at": None},
+        {**base, "at": "2999-01-01T00:00:00+00:00"},
+        {**base, "asset": str(asset).upper()},
+        {**base, "asset": str(uuid.uuid4())},
+        {**base, "asset": ["x"]},
+        {**base, "kind": "sneeze"},
+        {**base, "user": ""},
+        {**base, "user": "a\x00b"},
+        {**base, "extra": 1},
+        ["not", "an", "object"],
+    ]
+    fast_taken = 0
+    for item in variants:
+        fast = _check_fast(item, kinds, live, now)
+        errors, full = _check_item(0, item, kinds, now)
+        if fast is not None:
+            fast_taken += 1
+            assert not errors
+            assert fast == full, item
+    assert fast_taken == 4  # base, an int and a float weight, a backdated `at`

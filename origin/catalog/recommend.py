@@ -108,7 +108,7 @@ class RecommenderCatalog:
             self._insert(events)
             .on_conflict_do_nothing(index_elements=["id"])
             .returning(events.c.id)
-            .execution_options(insertmanyvalues_page_size=_MAX_PARAMS // 6)
+            .execution_options(insertmanyvalues_page_size=_MAX_PARAMS // 7)  # 7 columns
         )
 
         async def work(conn: AsyncConnection) -> datetime:
