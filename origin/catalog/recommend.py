@@ -96,6 +96,8 @@ class RecommenderCatalog:
         stamp = datetime.now(UTC)
         if not batch:
             return stamp
+        if self.engine.dialect.name == "sqlite":
+            return await self._add_events_sqlite(batch)
         rows = [
             {"id": e.id, "user_id": e.user, "asset_id": e.asset, "kind": e.kind,
              "weight": e.weight, "at": e.at}
@@ -116,6 +118,35 @@ class RecommenderCatalog:
             for row in rows:
                 row["recorded_at"] = now
             await conn.execute(statement, rows)
+            return now
+
+        return await transaction(self.engine, work)
+
+    async def _add_events_sqlite(self, batch: Sequence[EventRecord]) -> datetime:
+        """SQLite: one prepared INSERT run by the driver's executemany (a loop in C), on values
+        converted once by the columns' own SQLAlchemy bind processors, so the stored text is
+        exactly what SQLAlchemy writes and reads back. Measured on 2,000-row batches: ~25%
+        less time than insertmanyvalues, which renders and binds every row in Python."""
+        dialect = self.engine.dialect
+        uuid_out = events.c.id.type.dialect_impl(dialect).bind_processor(dialect)
+        time_out = events.c.at.type.dialect_impl(dialect).bind_processor(dialect)
+        assert uuid_out is not None
+        assert time_out is not None
+        rows = [
+            [uuid_out(e.id), e.user, uuid_out(e.asset), e.kind, e.weight, time_out(e.at), None]
+            for e in batch
+        ]
+        sql = (
+            "INSERT INTO events (id, user_id, asset_id, kind, weight, at, recorded_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING"
+        )
+
+        async def work(conn: AsyncConnection) -> datetime:
+            now = datetime.now(UTC)
+            stamp = time_out(now)
+            for row in rows:
+                row[6] = stamp
+            await conn.exec_driver_sql(sql, [tuple(r) for r in rows])
             return now
 
         return await transaction(self.engine, work)
