@@ -107,7 +107,7 @@ class Config:
     # request), and how long a write may take to commit: events are read once they are this
     # old, and a training run includes what was recorded this long before it starts.
     recommender_tail_interval: float = 0.5
-    recommender_commit_lag: float = 2.0
+    recommender_commit_lag: float = 1.0
 
     @property
     def recommender_kind_weights(self) -> dict[str, float]:
