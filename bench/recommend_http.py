@@ -78,11 +78,14 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def rss_mib() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
+def pid_rss_mib(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return 0.0
 
 
@@ -221,7 +224,7 @@ async def setup(args: argparse.Namespace, work: Path, data_dir: Path) -> dict[st
         "catalog_events": in_catalog,
         "catalog_insert_seconds": insert_seconds,
         "setup_seconds": time.perf_counter() - started,
-        "setup_rss_mib": rss_mib(),
+        "setup_rss_mib": pid_rss_mib(os.getpid()),
         "item_ids": item_ids,
     }
 
@@ -332,6 +335,9 @@ def main() -> int:
         t = time.perf_counter()
         wait_for_model(url, info["model_id"])
         log(f"model served by every worker after {time.perf_counter() - t:.1f}s")
+        results["server_rss_mib"] = {str(pid): pid_rss_mib(pid) for pid in server.pids()}
+        log(f"server processes' RSS (MiB; the mapped model counts in each): "
+            f"{results['server_rss_mib']}")  # fmt: skip
 
         def wrk(
             name: str, target: str, script: Path, env: dict[str, str], warm: bool = True
