@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -164,10 +165,24 @@ def _check_fast(
     return user, asset, kind, weight, at.astimezone(UTC)
 
 
-def _event_ids(count: int) -> list[uuid.UUID]:
-    """Random (version 4) ids from one read of the OS's random source instead of one each."""
+def _event_ids(count: int, *, time_ordered: bool) -> list[uuid.UUID]:
+    """Event ids from one read of the OS's random source instead of one read each.
+
+    ``time_ordered``: UUIDv7 layout (RFC 9562: 48-bit Unix milliseconds, then random bits), so
+    new rows land at the end of the primary-key index instead of on a random page of it. On
+    SQLite with 20M events that halves the time of a 2,000-row INSERT (each random row dirties
+    its own index page, which the WAL then writes). Not on CockroachDB, where sequential keys
+    send every insert to one range (its docs: use random UUIDs)."""
     raw = os.urandom(16 * count)
-    return [uuid.UUID(bytes=raw[i : i + 16], version=4) for i in range(0, 16 * count, 16)]
+    if not time_ordered:
+        return [uuid.UUID(bytes=raw[i : i + 16], version=4) for i in range(0, 16 * count, 16)]
+    head = (time.time_ns() // 1_000_000) << 80 | 0x7 << 76
+    ids = []
+    for i in range(0, 16 * count, 16):
+        rand = int.from_bytes(raw[i : i + 16])
+        value = head | (rand >> 52 & 0xFFF) << 64 | 0b10 << 62 | (rand & (1 << 62) - 1)
+        ids.append(uuid.UUID(int=value))
+    return ids
 
 
 async def post_events(request: web.Request) -> web.Response:
@@ -225,7 +240,14 @@ async def post_events(request: web.Request) -> web.Response:
         )  # fmt: skip
     records = [
         EventRecord(event_id, *value)
-        for event_id, (_, value) in zip(_event_ids(len(checked)), checked, strict=True)
+        for event_id, (_, value) in zip(
+            _event_ids(
+                len(checked),
+                time_ordered=request.app[CATALOG].engine.dialect.name in ("sqlite", "postgresql"),
+            ),
+            checked,
+            strict=True,
+        )
     ]
     await request.app[BUFFER].put(records)
     return web.json_response({"accepted": len(records)}, status=202)

@@ -4,6 +4,7 @@ events table, across two workers (two apps on one catalog and store)."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -18,7 +19,7 @@ from origin import create_app
 from origin.appkeys import CATALOG
 from origin.catalog import Catalog, upgrade
 from origin.catalog.schema import assets
-from origin.recommend_routes import BUFFER, RECOMMENDER, _check_fast, _check_item
+from origin.recommend_routes import BUFFER, RECOMMENDER, _check_fast, _check_item, _event_ids
 
 from .conftest import AUTH, Client
 from .test_recommend_api import load_world, make_config, recs, train
@@ -157,3 +158,15 @@ def test_the_fast_event_check_agrees_with_the_full_one() -> None:
             assert not errors
             assert fast == full, item
     assert fast_taken == 4  # base, an int and a float weight, a backdated `at`
+
+
+def test_time_ordered_event_ids_are_uuid7_and_grow_with_time() -> None:
+    first = _event_ids(1000, time_ordered=True)
+    time.sleep(0.002)
+    later = _event_ids(1000, time_ordered=True)
+    assert len(set(first + later)) == 2000
+    assert {i.version for i in first} == {7}
+    assert {i.variant for i in first} == {uuid.RFC_4122}
+    assert max(first) < min(later)  # a later batch appends to the primary-key index
+    assert abs((first[0].int >> 80) / 1000 - time.time()) < 5  # Unix milliseconds
+    assert {i.version for i in _event_ids(10, time_ordered=False)} == {4}
