@@ -151,7 +151,9 @@ def insert_events(path: Path, data: SyntheticData, item_ids: list[str], limit: i
     return n
 
 
-async def setup(args: argparse.Namespace, work: Path, data_dir: Path) -> dict[str, Any]:
+async def setup(
+    args: argparse.Namespace, work: Path, data_dir: Path, catalog_url: str | None
+) -> dict[str, Any]:
     started = time.perf_counter()
     data = generate(
         SyntheticConfig(
@@ -166,7 +168,8 @@ async def setup(args: argparse.Namespace, work: Path, data_dir: Path) -> dict[st
     model_path = work / "model.bin"
     save_model(model, model_path)
     catalog_path = data_dir / "catalog.sqlite"
-    catalog = Catalog.connect(f"sqlite+aiosqlite:///{catalog_path}")
+    url = catalog_url or f"sqlite+aiosqlite:///{catalog_path}"
+    catalog = Catalog.connect(url)
     await upgrade(catalog.engine)
     now = datetime.now(UTC)
     item_ids = list(model.item_ids)
@@ -198,11 +201,13 @@ async def setup(args: argparse.Namespace, work: Path, data_dir: Path) -> dict[st
         )  # fmt: skip
     await catalog.close()
     t = time.perf_counter()
-    in_catalog = await asyncio.to_thread(
-        insert_events, catalog_path, data, item_ids, args.catalog_events
-    )
+    in_catalog = 0
+    if catalog_url is None:  # the bulk load is SQLite's (a PostgreSQL run starts empty)
+        in_catalog = await asyncio.to_thread(
+            insert_events, catalog_path, data, item_ids, args.catalog_events
+        )
     insert_seconds = time.perf_counter() - t
-    catalog = Catalog.connect(f"sqlite+aiosqlite:///{catalog_path}")
+    catalog = Catalog.connect(url)
     async with catalog.engine.begin() as conn:
         await conn.execute(events.delete().where(events.c.id == sample))
     store = DiskBackend(data_dir)
@@ -299,6 +304,11 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--duration", type=float, default=15)
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="catalog on a private PostgreSQL (tests/postgres_server.py), without old events",
+    )
     parser.add_argument("--setup-only", action="store_true", help="build WORK, measure nothing")
     parser.add_argument("--quiet-wait", type=float, default=120.0,
                         help="wait up to this long for an idle machine per run")  # fmt: skip
@@ -307,12 +317,27 @@ def main() -> int:
     args = parser.parse_args()
     work: Path = args.work
     data_dir = work / "data"
-    if args.reuse and (work / "setup.json").exists():
+    postgres = None
+    catalog_url = None
+    if args.postgres:
+        from tests.postgres_server import PostgresServer
+
+        postgres = PostgresServer().start()
+        catalog_url = postgres.create_database()
+    try:
+        return run(args, work, data_dir, catalog_url)
+    finally:
+        if postgres is not None:
+            postgres.stop()
+
+
+def run(args: argparse.Namespace, work: Path, data_dir: Path, catalog_url: str | None) -> int:
+    if args.reuse and not args.postgres and (work / "setup.json").exists():
         info = json.loads((work / "setup.json").read_text())
     else:
         shutil.rmtree(data_dir, ignore_errors=True)
         data_dir.mkdir(parents=True)
-        info = asyncio.run(setup(args, work, data_dir))
+        info = asyncio.run(setup(args, work, data_dir, catalog_url))
         write_bodies(work / "bodies.jsonl", args.users, info.pop("item_ids"), args.batch)
         (work / "setup.json").write_text(json.dumps(info))
     if args.setup_only:
@@ -326,9 +351,10 @@ def main() -> int:
     logs = work / "logs"
     logs.mkdir(exist_ok=True)
     wrk_log = logs / "wrk.log"
-    server = bb.start_origin(
-        ns, data_dir, logs, TOKEN, extra_env={"ORIGIN_RECOMMENDER_TRAIN_INTERVAL": "0"}
-    )
+    env = {"ORIGIN_RECOMMENDER_TRAIN_INTERVAL": "0"}
+    if catalog_url is not None:
+        env["ORIGIN_DATABASE_URL"] = catalog_url
+    server = bb.start_origin(ns, data_dir, logs, TOKEN, extra_env=env)
     url = server.url
     results: dict[str, Any] = {}
     try:
@@ -389,6 +415,7 @@ def main() -> int:
     results["ratio"] = recs.rps / health.rps
     doc = {
         "machine": f"{platform.node()} {os.cpu_count()} cores, {platform.platform()}",
+        "catalog": "postgresql" if catalog_url else "sqlite",
         "setup": info,
         **results,
     }
