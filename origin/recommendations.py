@@ -54,8 +54,10 @@ MAX_LIMIT = 100
 # Fold-in reads at most this many of a user's newest events; beyond that the model is stale
 # for them anyway and the next training takes them all.
 MAX_RECENT = 1000
-# Asset changes are read back this far before the last one seen: a transaction that stamped
-# its updated_at earlier but committed later is still picked up.
+# Asset changes are read back this far before the previous read began: a transaction that
+# stamped its updated_at earlier but committed later is still picked up. Relative to the read,
+# not to the newest change seen: after a bulk import of N assets in one instant, the latter
+# would re-read all N on every poll until some other asset changed.
 _ASSET_OVERLAP = timedelta(seconds=10)
 
 
@@ -110,7 +112,7 @@ class RecommenderService:
         # Live (not deleted) assets by their canonical id string: POST /events checks ids
         # here without parsing them or asking the catalog.
         self.live_ids: dict[str, uuid.UUID] = {}
-        self._asset_cursor: datetime | None = None
+        self._asset_cursor: datetime | None = None  # when the previous asset read began
         self.loaded: LoadedModel | None = None
         self._popular: list[tuple[str, float]] = []
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="recommender")
@@ -179,6 +181,7 @@ class RecommenderService:
 
     async def _read_asset_changes(self) -> list[AssetBrief]:
         since = None if self._asset_cursor is None else self._asset_cursor - _ASSET_OVERLAP
+        started = datetime.now(UTC)
         changed: list[AssetBrief] = []
         after: uuid.UUID | None = None
         while True:
@@ -187,9 +190,7 @@ class RecommenderService:
             if len(page) < 50_000:
                 break
             since, after = page[-1].updated_at, page[-1].id
-        if changed:
-            newest = max(b.updated_at for b in changed)
-            self._asset_cursor = max(newest, self._asset_cursor or newest)
+        self._asset_cursor = started
         return changed
 
     async def _apply_asset_changes(self, changed: list[AssetBrief]) -> None:

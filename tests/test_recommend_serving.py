@@ -7,7 +7,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,11 @@ from .conftest import AUTH, Client
 from .test_recommend_api import load_world, make_config, recs, train
 
 LAG = 0.2
+
+
+async def blob(api: Client) -> str:
+    resp = await api.post("/blobs", data=uuid.uuid4().bytes, headers=AUTH)
+    return str((await resp.json())["digest"])
 
 
 @pytest.fixture
@@ -170,3 +175,19 @@ def test_time_ordered_event_ids_are_uuid7_and_grow_with_time() -> None:
     assert max(first) < min(later)  # a later batch appends to the primary-key index
     assert abs((first[0].int >> 80) / 1000 - time.time()) < 5  # Unix milliseconds
     assert {i.version for i in _event_ids(10, time_ordered=False)} == {4}
+
+
+async def test_a_quiet_catalog_is_not_read_again_on_every_poll(
+    workers: tuple[Client, Client], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    one, _two = workers
+    monkeypatch.setattr("origin.recommendations._ASSET_OVERLAP", timedelta(seconds=0.3))
+    service = one.app[RECOMMENDER]
+    for n in range(3):  # created together, like a bulk import
+        await one.post("/assets", json={"name": f"a{n}", "kind": "prop", "blob": await blob(one)},
+                       headers=AUTH)  # fmt: skip
+    assert len(await service._read_asset_changes()) >= 3
+    await asyncio.sleep(0.4)
+    await service._read_asset_changes()  # still inside the overlap of the previous read
+    await asyncio.sleep(0.4)
+    assert await service._read_asset_changes() == []
