@@ -121,7 +121,7 @@ class RecommenderService:
         self._tail_task: asyncio.Task[None] | None = None
         self.recent = RecentEvents(catalog, commit_lag=config.recommender_commit_lag)
         # JSON of an item without its score, split around it: asset id -> (head, tail).
-        self._fragments: dict[str, tuple[bytes, bytes]] = {}
+        self._fragments: dict[str, tuple[str, str]] = {}
         # Popularity answers for users without any signal, per (limit, kind); cleared when
         # the model or any asset changes.
         self._fallbacks: dict[tuple[int, str | None], bytes] = {}
@@ -309,16 +309,12 @@ class RecommenderService:
                 head = json.dumps(asset)
                 name = json.dumps(brief.name if brief else None)
                 kind = json.dumps(brief.kind if brief else None)
-                pair = (
-                    f'{{"asset":{head},"score":'.encode(),
-                    f',"name":{name},"kind":{kind}}}'.encode(),
-                )
+                pair = (f'{{"asset":{head},"score":', f',"name":{name},"kind":{kind}}}')
                 if len(fragments) < 1_000_000:
                     fragments[asset] = pair
-            parts.append(pair[0] + repr(float(score)).encode() + pair[1])
-        tail = b'],"model_version":' + json.dumps(version).encode()
-        tail += b',"fallback":true}' if fallback else b',"fallback":false}'
-        return b'{"items":[' + b",".join(parts) + tail
+            parts.append(f"{pair[0]}{score!r}{pair[1]}")  # repr(float) is JSON's float
+        tail = ',"fallback":true}' if fallback else ',"fallback":false}'
+        return f'{{"items":[{",".join(parts)}],"model_version":{json.dumps(version)}{tail}'.encode()
 
     async def similar(self, asset: uuid.UUID, limit: int, kind: str | None) -> Ranking | None:
         """None when there is no such (live) asset."""

@@ -130,6 +130,10 @@ class Recommender:
         self._kind_code = np.full(self._n_model, -1, dtype=np.int16)
         self._deleted_mask = np.zeros(self._n_model, dtype=np.bool_)
         self._kind_codes: dict[str, int] = {}
+        # Python mirrors of the two arrays above for the model's items, for the per-element
+        # reads of ``recommend_stored`` (a list index or set lookup beats a numpy scalar read).
+        self._kind_list: list[int] = [-1] * self._n_model
+        self._deleted_model: set[int] = set()
         self._kind_of: dict[str, str] = {}
         self._deleted: set[str] = set()
         self._pending: dict[str, list[_Pending]] = {}
@@ -150,12 +154,15 @@ class Recommender:
                 index = self._index(key)
                 if index is not None:
                     self._kind_code[index] = self._code_for(kind)
+                    if index < self._n_model:
+                        self._kind_list[index] = int(self._kind_code[index])
 
     def set_asset_kinds(self, kinds: Mapping[str, str] | Mapping[AssetId, str]) -> None:
         """Replace the whole asset → kind mapping."""
         with self._lock:
             self._kind_of.clear()
             self._kind_code[:] = -1
+            self._kind_list = [-1] * self._n_model
             self.update_asset_kinds(kinds)
 
     def mark_deleted(self, assets: Iterable[AssetId]) -> None:
@@ -166,6 +173,8 @@ class Recommender:
                 index = self._index(key)
                 if index is not None:
                     self._deleted_mask[index] = True
+                    if index < self._n_model:
+                        self._deleted_model.add(index)
 
     def unmark_deleted(self, assets: Iterable[AssetId]) -> None:
         with self._lock:
@@ -175,12 +184,14 @@ class Recommender:
                 index = self._index(key)
                 if index is not None:
                     self._deleted_mask[index] = False
+                    self._deleted_model.discard(index)
 
     def set_deleted(self, assets: Iterable[AssetId]) -> None:
         """Replace the whole set of deleted assets."""
         with self._lock:
             self._deleted.clear()
             self._deleted_mask[:] = False
+            self._deleted_model = set()
             self.mark_deleted(assets)
 
     def add_events(self, events: Iterable[Event]) -> int:
@@ -270,37 +281,36 @@ class Recommender:
         the stored list was cut at its length): then score with ``recommend``.
 
         Takes no lock, so a request is never stuck behind a scoring thread: it reads the
-        immutable lists and the deletion/kind arrays, each read once; an element write from
-        ``mark_deleted`` is atomic under the GIL, so the answer reflects the deletion or not,
-        as a call just before or after it would."""
+        immutable lists and Python mirrors of the deletion/kind state (a set and a list, each
+        read once; single updates to them are atomic under the GIL), so the answer reflects a
+        concurrent ``mark_deleted`` or not, as a call just before or after it would."""
         top = self.model.top_items
         scores = self.model.top_scores
         u = self._user_index.get(user)
         if top is None or scores is None or u is None or n <= 0:
             return None
-        row = top[u]
-        filled = row >= 0
-        count = int(filled.sum()) if not filled[-1] else len(row)
-        if count == 0:
+        row: list[int] = top[u].tolist()
+        if not row or row[0] < 0:
             return None  # no list (e.g. no training row: popularity is ``recommend``'s job)
-        ids = row[:count]
-        keep = ~self._deleted_mask[ids]
+        code = None
         if kind is not None:
             code = self._kind_codes.get(kind)
             if code is None:
                 return Recommendations((), False)
-            keep &= self._kind_code[ids] == code
-        chosen = np.flatnonzero(keep)[:n]
-        if len(chosen) < n and count == len(row):
+        deleted, kinds = self._deleted_model, self._kind_list
+        picked: list[int] = []
+        for pos, i in enumerate(row):
+            if i < 0:
+                break  # the list holds every candidate there was: the answer is complete
+            if i in deleted or (code is not None and kinds[i] != code):
+                continue
+            picked.append(pos)
+            if len(picked) == n:
+                break
+        if len(picked) < n and row[-1] >= 0:
             return None  # the list was cut at its length: items beyond it may qualify
-        names = self.model.item_ids
-        return Recommendations(
-            tuple(
-                (names[i], s)
-                for i, s in zip(ids[chosen].tolist(), scores[u][chosen].tolist(), strict=True)
-            ),
-            False,
-        )
+        names, values = self.model.item_ids, scores[u].tolist()
+        return Recommendations(tuple((names[row[p]], values[p]) for p in picked), False)
 
     def recommend_batch(
         self,
