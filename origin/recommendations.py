@@ -122,6 +122,7 @@ class RecommenderService:
         self.recent = RecentEvents(catalog, commit_lag=config.recommender_commit_lag)
         # JSON of an item without its score, split around it: asset id -> (head, tail).
         self._fragments: dict[str, tuple[str, str]] = {}
+        self._tails: dict[tuple[str | None, bool], str] = {}  # the answer's end, per model
         # Popularity answers for users without any signal, per (limit, kind); cleared when
         # the model or any asset changes.
         self._fallbacks: dict[tuple[int, str | None], bytes] = {}
@@ -313,8 +314,13 @@ class RecommenderService:
                 if len(fragments) < 1_000_000:
                     fragments[asset] = pair
             parts.append(f"{pair[0]}{score!r}{pair[1]}")  # repr(float) is JSON's float
-        tail = ',"fallback":true}' if fallback else ',"fallback":false}'
-        return f'{{"items":[{",".join(parts)}],"model_version":{json.dumps(version)}{tail}'.encode()
+        tail = self._tails.get((version, fallback))
+        if tail is None:
+            flag = "true" if fallback else "false"
+            tail = self._tails[(version, fallback)] = (
+                f'],"model_version":{json.dumps(version)},"fallback":{flag}}}'
+            )
+        return f'{{"items":[{",".join(parts)}{tail}'.encode()
 
     async def similar(self, asset: uuid.UUID, limit: int, kind: str | None) -> Ranking | None:
         """None when there is no such (live) asset."""
