@@ -709,8 +709,27 @@ async def _in_dir(
     except asyncssh.SFTPNoSuchFile:
         target = args[-1]
         assert isinstance(target, str)
-        await sftp.makedirs(posixpath.dirname(target), exist_ok=True)
+        await _mkdirs(sftp, posixpath.dirname(target))
         await op(*args)
+
+
+async def _mkdirs(sftp: asyncssh.SFTPClient, path: str) -> None:
+    """``mkdir -p`` from the bottom up: one request when only the last level is missing.
+
+    asyncssh's ``makedirs`` walks down from ``/`` with a mkdir and a stat per level, some twenty
+    round trips for a shard directory, which made them most of a small upload's cost.
+    """
+    try:
+        await sftp.mkdir(path)
+    except asyncssh.SFTPNoSuchFile:
+        parent = posixpath.dirname(path)
+        if parent in (path, ""):
+            raise
+        await _mkdirs(sftp, parent)
+        with contextlib.suppress(*_EXISTS):
+            await sftp.mkdir(path)
+    except _EXISTS:
+        pass  # there already, or made by a concurrent upload; a real failure shows in the retry
 
 
 async def _replace(sftp: asyncssh.SFTPClient, source: str, target: str) -> None:
