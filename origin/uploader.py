@@ -279,13 +279,20 @@ class Client:
         return await self._retrying(attempt)
 
     async def missing(self, digests: list[str]) -> set[str]:
-        missing: set[str] = set()
-        for i in range(0, len(digests), MISSING_BATCH):
-            answer = await self._json(
-                "POST", "/blobs/missing", {"digests": digests[i : i + MISSING_BATCH]}
-            )
-            missing.update(answer["missing"])
-        return missing
+        # At least one batch per stream, all asked at once: each answer costs the origin a store
+        # lookup per digest, and one batch at a time kept one of its workers busy, the rest idle.
+        size = max(1, min(MISSING_BATCH, -(-len(digests) // self._options.jobs)))
+        gate = asyncio.Semaphore(self._options.jobs)
+
+        async def ask(batch: list[str]) -> list[str]:
+            async with gate:
+                answer = await self._json("POST", "/blobs/missing", {"digests": batch})
+                return list(answer["missing"])
+
+        answers = await asyncio.gather(
+            *(ask(digests[i : i + size]) for i in range(0, len(digests), size))
+        )
+        return {d for answer in answers for d in answer}
 
     async def put(self, item: Item, progress: Progress) -> None:
         content_type = MEDIA_TYPES.get(item.path.suffix.lower()) or (
