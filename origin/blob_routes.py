@@ -196,7 +196,10 @@ async def missing(request: web.Request) -> web.Response:
             "bad-digest", f"{len(invalid)} entries are not digests", invalid=invalid[:100]
         )
     digests = [Digest(t) for t in dict.fromkeys(texts)]
-    store = request.app[STORE]
+    # The durable store decides what exists. Through the tiers, each small blob found only there
+    # would also be read whole into the memory tier: a bulk uploader's re-run, asking about
+    # thousands of blobs, downloaded every small one of them from SFTP.
+    store = request.app[TIERS].durable
     infos = await asyncio.gather(*(store.stat(d) for d in digests))
     return web.json_response(
         {"missing": [str(d) for d, info in zip(digests, infos, strict=True) if info is None]}
