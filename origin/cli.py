@@ -1,4 +1,5 @@
-"""The ``origin`` command: ``serve``, and the operator's ``db`` and ``token`` tools."""
+"""The ``origin`` command line: the parser, ``origin upload``, and the way to the server-side
+commands (``serve``, ``db``, ``token``, ``recommender``) in ``origin.commands``."""
 
 from __future__ import annotations
 
@@ -8,12 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import recommend_cli
-from .app import open_catalog
-from .catalog import Catalog, SchemaMismatch, current_revision, downgrade, head_revision, upgrade
-from .config import Config, ConfigError, load_config
-from .server import configure_logging, serve
-from .tokens import SCOPES, Tokens
+from .tokens import SCOPES
 from .uploader import Options, UsageError, collect, read_batch, upload
 
 
@@ -65,35 +61,30 @@ def _parser() -> argparse.ArgumentParser:
     token_sub.add_parser("list", help="list tokens (never their secrets)")
     revoke = token_sub.add_parser("revoke", help="revoke a token by its id")
     revoke.add_argument("id")
-    recommend_cli.add_parser(sub)
+    _recommender_parser(sub)
     return parser
+
+
+def _recommender_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    rec = sub.add_parser("recommender", help="train or evaluate the recommender")
+    rec_sub = rec.add_subparsers(dest="recommender_command", required=True)
+    rec_sub.add_parser("train", help="train now (waits; refused while another run holds the lease)")
+    ev = rec_sub.add_parser("evaluate", help="ALS vs popularity on held-out events")
+    ev.add_argument("--split", choices=("time", "random"), default="time")
+    ev.add_argument("--test-fraction", type=float, default=0.2)
+    ev.add_argument("-k", type=int, default=10, help="cut-off of the metrics")
+    ev.add_argument("--max-users", type=int, default=10_000, help="test users scored")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "upload":
         return _upload_command(args)
-    overrides = {"data_dir": args.data_dir}
-    if args.command == "serve":
-        overrides |= {"host": args.host, "port": args.port, "workers": args.workers}
-    try:
-        config = load_config(args.config, overrides=overrides)
-    except ConfigError as exc:
-        print(f"origin: configuration error: {exc}", file=sys.stderr)
-        return 2
-    configure_logging(config)
-    try:
-        if args.command == "serve":
-            banner = asyncio.run(_prepare(config))
-            return serve(config, banner)
-        if args.command == "db":
-            return asyncio.run(_db_command(args, config))
-        if args.command == "recommender":
-            return asyncio.run(recommend_cli.run(args, config))
-        return asyncio.run(_token_command(args, config))
-    except SchemaMismatch as exc:
-        print(f"origin: {exc}", file=sys.stderr)
-        return 2
+    # Imported here: the server side (aiohttp's app, SQLAlchemy, Alembic, numpy) takes about a
+    # second to import, which `origin upload`, run from scripts and loops, does not need.
+    from .commands import run
+
+    return run(args)
 
 
 def _upload_command(args: argparse.Namespace) -> int:
@@ -132,65 +123,6 @@ def _upload_command(args: argparse.Namespace) -> int:
         f"{summary.seconds:.1f}s"
     )
     return 1 if summary.failed else 0
-
-
-async def _prepare(config: Config) -> list[str]:
-    """Before the workers start: the schema is right, and there is a way to log in."""
-    catalog = Catalog.connect(config.catalog_url)
-    try:
-        await open_catalog(config, catalog)
-        tokens = Tokens(catalog)
-        await tokens.import_file(config.data_dir / "tokens.json")
-        if config.admin_token:
-            return ["admin token: from ORIGIN_ADMIN_TOKEN"]
-        if await tokens.has_admin():
-            return ["admin token: created at first start (origin token create makes more)"]
-        _token, secret = await tokens.create("admin", ("admin",))
-        return [f"admin token (shown once, store it now): {secret}"]
-    finally:
-        await catalog.close()
-
-
-async def _db_command(args: argparse.Namespace, config: Config) -> int:
-    catalog = Catalog.connect(config.catalog_url)
-    try:
-        if args.db_command == "upgrade":
-            config.data_dir.mkdir(parents=True, exist_ok=True)
-            await upgrade(catalog.engine)
-            imported = await Tokens(catalog).import_file(config.data_dir / "tokens.json")
-            print(f"schema at {await current_revision(catalog.engine)}", end="")
-            print(f"; imported {imported} token(s) from tokens.json" if imported else "")
-        elif args.db_command == "downgrade":
-            await downgrade(catalog.engine, args.revision)
-            print(f"schema at {await current_revision(catalog.engine)}")
-        else:
-            print(f"database {await current_revision(catalog.engine)} code {head_revision()}")
-        return 0
-    finally:
-        await catalog.close()
-
-
-async def _token_command(args: argparse.Namespace, config: Config) -> int:
-    catalog = Catalog.connect(config.catalog_url)
-    try:
-        await open_catalog(config, catalog)
-        tokens = Tokens(catalog)
-        if args.token_command == "create":
-            token, secret = await tokens.create(args.subject, tuple(args.scope))
-            print(f"id {token.id} subject {token.subject} scopes {','.join(token.scopes)}")
-            print(secret)
-            return 0
-        if args.token_command == "list":
-            for token in await tokens.list():
-                print(f"{token.id}\t{token.subject}\t{','.join(token.scopes)}")
-            return 0
-        if await tokens.revoke(args.id):
-            print(f"revoked {args.id}")
-            return 0
-        print(f"origin: no token with id {args.id}", file=sys.stderr)
-        return 1
-    finally:
-        await catalog.close()
 
 
 if __name__ == "__main__":

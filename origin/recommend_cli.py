@@ -15,17 +15,6 @@ from .metrics import PrometheusEvents
 from .trainer import Trainer, TrainerBusy, als_config, interaction_config, read_columns
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    rec = sub.add_parser("recommender", help="train or evaluate the recommender")
-    rec_sub = rec.add_subparsers(dest="recommender_command", required=True)
-    rec_sub.add_parser("train", help="train now (waits; refused while another run holds the lease)")
-    ev = rec_sub.add_parser("evaluate", help="ALS vs popularity on held-out events")
-    ev.add_argument("--split", choices=("time", "random"), default="time")
-    ev.add_argument("--test-fraction", type=float, default=0.2)
-    ev.add_argument("-k", type=int, default=10, help="cut-off of the metrics")
-    ev.add_argument("--max-users", type=int, default=10_000, help="test users scored")
-
-
 async def run(args: argparse.Namespace, config: Config) -> int:
     catalog = Catalog.connect(config.catalog_url)
     try:

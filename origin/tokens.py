@@ -15,11 +15,12 @@ import json
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cachetools import TTLCache
 
-from .catalog import Catalog
+if TYPE_CHECKING:  # only the type: `origin upload` imports SCOPES and must stay light
+    from .catalog import Catalog
 
 SCOPES = ("read", "write", "admin")
 SECRET_PREFIX = "orgn_"

@@ -69,3 +69,19 @@ def test_the_catalog_is_used_through_its_init() -> None:
         if name.startswith("origin.catalog.")
     ]
     assert not reaching_in, reaching_in
+
+
+def test_the_upload_command_line_does_not_load_the_server_side() -> None:
+    """`origin upload` runs from scripts and loops; the server side costs a second to import."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, origin.cli; "
+        "print(sorted(m for m in ('origin.app', 'origin.commands', 'sqlalchemy', 'alembic', "
+        "'numpy', 'recommender') if m in sys.modules))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT
+    ).stdout.strip()
+    assert loaded == "[]"

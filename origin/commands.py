@@ -1,0 +1,101 @@
+"""The server-side commands of ``origin``: ``serve``, ``db``, ``token`` and ``recommender``.
+
+``origin.cli`` parses the arguments and imports this module only for these commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from . import recommend_cli
+from .app import open_catalog
+from .catalog import Catalog, SchemaMismatch, current_revision, downgrade, head_revision, upgrade
+from .config import Config, ConfigError, load_config
+from .server import configure_logging, serve
+from .tokens import Tokens
+
+
+def run(args: argparse.Namespace) -> int:
+    """Every command but ``upload``, from the parsed arguments; the exit status."""
+    overrides = {"data_dir": args.data_dir}
+    if args.command == "serve":
+        overrides |= {"host": args.host, "port": args.port, "workers": args.workers}
+    try:
+        config = load_config(args.config, overrides=overrides)
+    except ConfigError as exc:
+        print(f"origin: configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(config)
+    try:
+        if args.command == "serve":
+            banner = asyncio.run(_prepare(config))
+            return serve(config, banner)
+        if args.command == "db":
+            return asyncio.run(_db_command(args, config))
+        if args.command == "recommender":
+            return asyncio.run(recommend_cli.run(args, config))
+        return asyncio.run(_token_command(args, config))
+    except SchemaMismatch as exc:
+        print(f"origin: {exc}", file=sys.stderr)
+        return 2
+
+
+async def _prepare(config: Config) -> list[str]:
+    """Before the workers start: the schema is right, and there is a way to log in."""
+    catalog = Catalog.connect(config.catalog_url)
+    try:
+        await open_catalog(config, catalog)
+        tokens = Tokens(catalog)
+        await tokens.import_file(config.data_dir / "tokens.json")
+        if config.admin_token:
+            return ["admin token: from ORIGIN_ADMIN_TOKEN"]
+        if await tokens.has_admin():
+            return ["admin token: created at first start (origin token create makes more)"]
+        _token, secret = await tokens.create("admin", ("admin",))
+        return [f"admin token (shown once, store it now): {secret}"]
+    finally:
+        await catalog.close()
+
+
+async def _db_command(args: argparse.Namespace, config: Config) -> int:
+    catalog = Catalog.connect(config.catalog_url)
+    try:
+        if args.db_command == "upgrade":
+            config.data_dir.mkdir(parents=True, exist_ok=True)
+            await upgrade(catalog.engine)
+            imported = await Tokens(catalog).import_file(config.data_dir / "tokens.json")
+            print(f"schema at {await current_revision(catalog.engine)}", end="")
+            print(f"; imported {imported} token(s) from tokens.json" if imported else "")
+        elif args.db_command == "downgrade":
+            await downgrade(catalog.engine, args.revision)
+            print(f"schema at {await current_revision(catalog.engine)}")
+        else:
+            print(f"database {await current_revision(catalog.engine)} code {head_revision()}")
+        return 0
+    finally:
+        await catalog.close()
+
+
+async def _token_command(args: argparse.Namespace, config: Config) -> int:
+    catalog = Catalog.connect(config.catalog_url)
+    try:
+        await open_catalog(config, catalog)
+        tokens = Tokens(catalog)
+        if args.token_command == "create":
+            token, secret = await tokens.create(args.subject, tuple(args.scope))
+            print(f"id {token.id} subject {token.subject} scopes {','.join(token.scopes)}")
+            print(secret)
+            return 0
+        if args.token_command == "list":
+            for token in await tokens.list():
+                print(f"{token.id}\t{token.subject}\t{','.join(token.scopes)}")
+            return 0
+        if await tokens.revoke(args.id):
+            print(f"revoked {args.id}")
+            return 0
+        print(f"origin: no token with id {args.id}", file=sys.stderr)
+        return 1
+    finally:
+        await catalog.close()
