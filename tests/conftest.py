@@ -19,6 +19,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from origin import Config, create_app
+from origin.catalog import Catalog, upgrade
 
 from .postgres_server import PostgresServer
 
@@ -154,3 +155,24 @@ def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite+aiosqlite:///{tmp_path / 'catalog.sqlite'}"
     server: PostgresServer = request.getfixturevalue("postgres")
     return server.create_database()
+
+
+@pytest.fixture
+def catalog_config(catalog_url: str, tmp_path: Path) -> Config:
+    """The app's config for API tests on each catalog; a module overrides it for its needs.
+    No scheduled training: tests that want a model ask for one."""
+    return Config(
+        data_dir=tmp_path / "data", admin_token=ADMIN_TOKEN, database_url=catalog_url,
+        recommender_train_interval=0,
+    ).validate()  # fmt: skip
+
+
+@pytest.fixture
+async def api(catalog_config: Config) -> AsyncIterator[Client]:
+    """The app in-process on a migrated catalog: SQLite, then PostgreSQL (SERIALIZABLE)."""
+    assert catalog_config.database_url is not None
+    catalog = Catalog.connect(catalog_config.database_url)
+    await upgrade(catalog.engine)
+    await catalog.close()
+    async with TestClient(TestServer(create_app(catalog_config))) as test_client:
+        yield test_client

@@ -7,32 +7,16 @@ import json
 import os
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 from pyld import jsonld
 
-from origin import Config, create_app
 from origin.appkeys import TOKENS
-from origin.catalog import Catalog, upgrade
 
-from .conftest import ADMIN_TOKEN, AUTH, Client
+from .conftest import AUTH, Client
 
 SCHEMA = "https://schema.org/"
-
-
-@pytest.fixture
-async def api(catalog_url: str, tmp_path: Path) -> AsyncIterator[Client]:
-    catalog = Catalog.connect(catalog_url)
-    await upgrade(catalog.engine)
-    await catalog.close()
-    config = Config(
-        data_dir=tmp_path / "data", admin_token=ADMIN_TOKEN, database_url=catalog_url
-    ).validate()
-    async with TestClient(TestServer(create_app(config))) as client:
-        yield client
 
 
 async def upload(api: Client, data: bytes | None = None) -> str:

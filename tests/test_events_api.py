@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -21,19 +20,6 @@ from origin.events import EventBuffer
 from origin.recommend_routes import BUFFER, DOWNLOADS
 
 from .conftest import ADMIN_TOKEN, AUTH, Client
-
-
-@pytest.fixture
-async def api(catalog_url: str, tmp_path: Path) -> AsyncIterator[Client]:
-    catalog = Catalog.connect(catalog_url)
-    await upgrade(catalog.engine)
-    await catalog.close()
-    config = Config(
-        data_dir=tmp_path / "data", admin_token=ADMIN_TOKEN, database_url=catalog_url,
-        recommender_train_interval=0,
-    ).validate()  # fmt: skip
-    async with TestClient(TestServer(create_app(config))) as client:
-        yield client
 
 
 def rcatalog(api: Client) -> RecommenderCatalog:

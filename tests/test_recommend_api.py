@@ -7,7 +7,6 @@ import asyncio
 import os
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,11 +14,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy import update
 
 from blobstore import Digest
-from origin import Config, create_app
+from origin import Config
 from origin.appkeys import CATALOG, STORE, TOKENS
 from origin.catalog import Catalog, RecommenderCatalog, upgrade
 from origin.catalog.schema import assets
@@ -67,12 +65,8 @@ def make_config(tmp_path: Path, catalog_url: str, **extra: Any) -> Config:
 
 
 @pytest.fixture
-async def api(catalog_url: str, tmp_path: Path) -> AsyncIterator[Client]:
-    catalog = Catalog.connect(catalog_url)
-    await upgrade(catalog.engine)
-    await catalog.close()
-    async with TestClient(TestServer(create_app(make_config(tmp_path, catalog_url)))) as client:
-        yield client
+def catalog_config(catalog_url: str, tmp_path: Path) -> Config:
+    return make_config(tmp_path, catalog_url)
 
 
 async def load_world(api: Client, config: SyntheticConfig = SMALL) -> World:
