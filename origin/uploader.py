@@ -147,24 +147,14 @@ def _load_cache(path: Path | None) -> dict[str, list[Any]]:
 
 
 async def hash_all(items: list[Item], cache_path: Path | None) -> None:
-    cache = _load_cache(cache_path)
+    # The cache, and a stat of every file, are file-system work: off the event loop.
+    cache = await asyncio.to_thread(_load_cache, cache_path)
     loop = asyncio.get_running_loop()
     # A file changed within the file system's timestamp granularity of being hashed would keep
     # its identity ("racy git"): digests of files that recent are used but not cached.
     racy_after = time.time_ns() - RACY_NS
     identity: dict[int, list[int]] = {}
-    todo: list[Item] = []
-    for item in items:
-        try:
-            stat = item.path.stat()
-        except OSError as exc:
-            item.error = f"cannot read: {exc.strerror}"
-            continue
-        cached = cache.get(str(item.path.resolve()))
-        if cached and cached[:-1] == _identity(stat):
-            item.size, item.mtime_ns, item.digest = stat.st_size, stat.st_mtime_ns, cached[-1]
-        else:
-            todo.append(item)
+    todo = await asyncio.to_thread(_not_cached, items, cache)
     with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         futures = [loop.run_in_executor(pool, _hash_file, str(i.path)) for i in todo]
         for item, result in zip(
@@ -178,14 +168,41 @@ async def hash_all(items: list[Item], cache_path: Path | None) -> None:
                 item.digest, identity[id(item)] = result
                 item.size, item.mtime_ns = result[1][0], result[1][1]
     if cache_path is not None:
-        for item in todo:
-            key = identity.get(id(item))
-            if item.digest is not None and key is not None and max(key[1:3]) < racy_after:
-                cache[str(item.path.resolve())] = [*key, item.digest]
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        temp = cache_path.with_suffix(".tmp")
-        temp.write_text(json.dumps(cache))
-        temp.replace(cache_path)
+        fresh = [
+            (item, key) for item in todo
+            if item.digest is not None and (key := identity.get(id(item))) is not None
+            and max(key[1:3]) < racy_after
+        ]  # fmt: skip
+        await asyncio.to_thread(_save_cache, cache_path, cache, fresh)
+
+
+def _not_cached(items: list[Item], cache: dict[str, list[Any]]) -> list[Item]:
+    """Fills in the digest of each item the cache knows under its current identity; returns
+    the others (unreadable ones get their error and are in neither)."""
+    todo: list[Item] = []
+    for item in items:
+        try:
+            stat = item.path.stat()
+        except OSError as exc:
+            item.error = f"cannot read: {exc.strerror}"
+            continue
+        cached = cache.get(str(item.path.resolve()))
+        if cached and cached[:-1] == _identity(stat):
+            item.size, item.mtime_ns, item.digest = stat.st_size, stat.st_mtime_ns, cached[-1]
+        else:
+            todo.append(item)
+    return todo
+
+
+def _save_cache(
+    path: Path, cache: dict[str, list[Any]], fresh: list[tuple[Item, list[int]]]
+) -> None:
+    for item, key in fresh:
+        cache[str(item.path.resolve())] = [*key, item.digest]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_suffix(".tmp")
+    temp.write_text(json.dumps(cache))
+    temp.replace(path)
 
 
 # -- talking to the origin --------------------------------------------------------------------

@@ -101,7 +101,16 @@ def test_interrupted_run_finishes_on_rerun(live_origin: LiveOrigin, tmp_path: Pa
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
+    # A request whose body was wholly sent before the kill may still land: wait for the server
+    # to finish what it received, so `before` is what the re-run finds.
     before = stored(live_origin)
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        now = stored(live_origin)
+        in_flight = list((live_origin.data_dir / "tmp").glob("*.part"))
+        if now == before and not in_flight:
+            break
+        before = now
     assert 0 < len(before) < len(files), "the kill should land mid-run"
     result = run_upload(live_origin, tmp_path, str(tree), "--no-progress")
     assert result.returncode == 0, result.stderr
