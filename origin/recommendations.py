@@ -62,28 +62,10 @@ _ASSET_OVERLAP = timedelta(seconds=10)
 
 
 @dataclass(frozen=True, slots=True)
-class Item:
-    asset: str
-    score: float
-    name: str | None
-    kind: str | None
-
-    def to_json(self) -> dict[str, Any]:
-        return {"asset": self.asset, "score": self.score, "name": self.name, "kind": self.kind}
-
-
-@dataclass(frozen=True, slots=True)
 class Ranking:
-    items: list[Item]
+    items: tuple[tuple[str, float], ...]  # (asset id, score), best first
     model_version: str | None
     fallback: bool
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "items": [i.to_json() for i in self.items],
-            "model_version": self.model_version,
-            "fallback": self.fallback,
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,16 +273,13 @@ class RecommenderService:
         return self._encode(result.items, str(loaded.record.id), result.fallback)
 
     def encode(self, ranking: Ranking) -> bytes:
-        return self._encode(
-            tuple((i.asset, i.score) for i in ranking.items),
-            ranking.model_version,
-            ranking.fallback,
-        )
+        return self._encode(ranking.items, ranking.model_version, ranking.fallback)
 
     def _encode(
         self, items: tuple[tuple[str, float], ...], version: str | None, fallback: bool
     ) -> bytes:
-        """``Ranking.to_json`` as bytes, from cached per-asset fragments."""
+        """``{"items": [{asset, score, name, kind}...], "model_version", "fallback"}`` as
+        bytes, from cached per-asset fragments."""
         parts = []
         fragments = self._fragments
         for asset, score in items:
@@ -335,29 +314,22 @@ class RecommenderService:
         if loaded is None:
             return Ranking(self._popular_items(limit, kind, {key}), None, True)
         result = await self._in_executor(partial(loaded.recommender.similar, key, limit, kind))
-        return Ranking(self._items(result.items), str(loaded.record.id), result.fallback)
+        return Ranking(result.items, str(loaded.record.id), result.fallback)
 
-    def _items(self, ranked: tuple[tuple[str, float], ...]) -> list[Item]:
-        items = []
-        for asset, score in ranked:
-            brief = self.assets.get(asset)
-            items.append(
-                Item(asset, score, brief.name if brief else None, brief.kind if brief else None)
-            )
-        return items
-
-    def _popular_items(self, limit: int, kind: str | None, exclude: set[str]) -> list[Item]:
-        items: list[Item] = []
+    def _popular_items(
+        self, limit: int, kind: str | None, exclude: set[str]
+    ) -> tuple[tuple[str, float], ...]:
+        items: list[tuple[str, float]] = []
         for asset, score in self._popular:
             brief = self.assets.get(asset)
             if asset in exclude or (brief is not None and brief.deleted):
                 continue
             if kind is not None and (brief is None or brief.kind != kind):
                 continue
-            items.append(Item(asset, score, brief.name if brief else None, kind))
+            items.append((asset, score))
             if len(items) == limit:
                 break
-        return items
+        return tuple(items)
 
     async def stats(self) -> dict[str, Any]:
         loaded = self.loaded

@@ -182,6 +182,12 @@ def run_job(job: TrainingJob) -> dict[str, Any]:
     return details
 
 
+def _temp_model_file(directory: Path) -> Path:
+    fd, name = tempfile.mkstemp(prefix="model-", suffix=".tmp", dir=directory)
+    os.close(fd)
+    return Path(name)
+
+
 async def _file_chunks(path: Path, size: int = 1 << 20) -> AsyncIterator[bytes]:
     with open(path, "rb") as f:  # noqa: ASYNC230 - each read below runs in a thread
         while chunk := await asyncio.to_thread(f.read, size):
@@ -269,9 +275,7 @@ class Trainer:
 
     async def _run(self) -> ModelRecord:
         renew = asyncio.create_task(self._renew())
-        fd, name = tempfile.mkstemp(prefix="model-", suffix=".tmp", dir=self._config.data_dir)
-        os.close(fd)
-        out = Path(name)
+        out = await asyncio.to_thread(_temp_model_file, self._config.data_dir)
         try:
             if self._before is not None:
                 await self._before()
@@ -281,10 +285,11 @@ class Trainer:
             # exactly the events recorded after the cutoff.
             cutoff = datetime.now(UTC)
             await asyncio.sleep(config.recommender_commit_lag)
+            interactions = interaction_config(config)
             job = TrainingJob(
                 catalog_url=config.catalog_url,
-                kind_weights=config.recommender_kind_weights,
-                half_life=config.recommender_half_life or None,
+                kind_weights=dict(interactions.kind_weights),
+                half_life=interactions.half_life_seconds,
                 als=als_config(config).to_dict(),
                 out=str(out),
                 recorded_upto=cutoff.isoformat(),

@@ -14,18 +14,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, delete, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .schema import assets, events, leases, models
+from .sql import upsert_insert, utc
 from .transactions import transaction
 
 # Bound on bind parameters per statement: SQLite allows 32766, PostgreSQL 32767.
 _MAX_PARAMS = 30_000
-
-
-def _utc(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,24 +60,19 @@ class AssetBrief:
 
 
 def _event(row: Any) -> EventRecord:
-    recorded = None if row.recorded_at is None else _utc(row.recorded_at)
+    recorded = None if row.recorded_at is None else utc(row.recorded_at)
     return EventRecord(
-        row.id, row.user_id, row.asset_id, row.kind, row.weight, _utc(row.at), recorded
+        row.id, row.user_id, row.asset_id, row.kind, row.weight, utc(row.at), recorded
     )
 
 
 def _model(row: Any) -> ModelRecord:
-    return ModelRecord(row.id, row.blob_digest, _utc(row.trained_at), dict(row.details))
+    return ModelRecord(row.id, row.blob_digest, utc(row.trained_at), dict(row.details))
 
 
 class RecommenderCatalog:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-
-    def _insert(self, table: Any) -> Any:
-        if self.engine.dialect.name == "sqlite":
-            return sqlite.insert(table)
-        return postgresql.insert(table)
 
     # -- events -------------------------------------------------------------------------------
 
@@ -107,7 +98,7 @@ class RecommenderCatalog:
         # rows are rendered into multi-row VALUES, up to a page per INSERT. Compiling a literal
         # .values(list) instead costs ~50 us per row, the whole budget of a fast ingest.
         statement = (
-            self._insert(events)
+            upsert_insert(self.engine, events)
             .on_conflict_do_nothing(index_elements=["id"])
             .returning(events.c.id)
             .execution_options(insertmanyvalues_page_size=_MAX_PARAMS // 7)  # 7 columns
@@ -276,7 +267,7 @@ class RecommenderCatalog:
         async with self.engine.connect() as conn:
             return [
                 AssetBrief(r.id, r.name, r.kind, r.blob_digest, bool(r.deleted),
-                           _utc(r.updated_at))
+                           utc(r.updated_at))
                 for r in await conn.execute(query)
             ]  # fmt: skip
 
@@ -310,7 +301,7 @@ class RecommenderCatalog:
         happens when the WHERE allows, so two nodes racing cannot both win (the loser's
         statement updates nothing, or conflicts and is retried and then updates nothing)."""
         now = datetime.now(UTC)
-        statement = self._insert(leases).values(
+        statement = upsert_insert(self.engine, leases).values(
             name=name, holder=holder, expires_at=now + timedelta(seconds=ttl)
         )
         statement = statement.on_conflict_do_update(
@@ -348,4 +339,4 @@ class RecommenderCatalog:
     async def lease_holder(self, name: str) -> tuple[str, datetime] | None:
         async with self.engine.connect() as conn:
             row = (await conn.execute(select(leases).where(leases.c.name == name))).first()
-        return None if row is None else (row.holder, _utc(row.expires_at))
+        return None if row is None else (row.holder, utc(row.expires_at))

@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Row, and_, event, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from blobstore import BlobInfo
@@ -25,6 +24,7 @@ from .records import (
     VersionConflict,
 )
 from .schema import asset_versions, assets, blobs, tokens
+from .sql import upsert_insert, utc
 from .transactions import Conflict, transaction
 
 
@@ -54,11 +54,6 @@ def create_engine(url: str) -> AsyncEngine:
     return create_async_engine(url, isolation_level="SERIALIZABLE", pool_pre_ping=True)
 
 
-def _utc(value: datetime) -> datetime:
-    # SQLite hands timestamps back without a zone; they were written as UTC.
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
 def merge_patch(target: Any, patch: Any) -> Any:
     """RFC 7396 JSON Merge Patch: objects merge, null deletes, anything else replaces."""
     if not isinstance(patch, dict):
@@ -83,17 +78,11 @@ class Catalog:
     async def close(self) -> None:
         await self.engine.dispose()
 
-    def _insert(self, table: Any) -> Any:
-        """An INSERT that can say ON CONFLICT in this database's dialect."""
-        if self.engine.dialect.name == "sqlite":
-            return sqlite.insert(table)
-        return postgresql.insert(table)
-
     # -- blobs --------------------------------------------------------------------------------
 
     async def record_blob(self, info: BlobInfo, facts: dict[str, Any] | None = None) -> None:
         statement = (
-            self._insert(blobs)
+            upsert_insert(self.engine, blobs)
             .values(
                 digest=info.digest.hex,
                 size=info.size,
@@ -116,7 +105,7 @@ class Catalog:
         if row is None:
             return None
         return BlobRecord(
-            row.digest, row.size, row.content_type, row.sha256, row.facts, _utc(row.created_at)
+            row.digest, row.size, row.content_type, row.sha256, row.facts, utc(row.created_at)
         )
 
     # -- assets -------------------------------------------------------------------------------
@@ -232,7 +221,7 @@ class Catalog:
             return [
                 AssetVersion(
                     r.asset_id, r.version, r.name, r.blob_digest, r.attributes, r.changed_by,
-                    _utc(r.created_at),
+                    utc(r.created_at),
                 )
                 for r in rows
             ]  # fmt: skip
@@ -299,11 +288,11 @@ class Catalog:
 
 
 def _token(row: Row[Any]) -> TokenRecord:
-    return TokenRecord(row.id, row.subject, tuple(row.scopes), _utc(row.created_at))
+    return TokenRecord(row.id, row.subject, tuple(row.scopes), utc(row.created_at))
 
 
 def _asset(row: Row[Any]) -> Asset:
     return Asset(
         row.id, row.name, row.kind, row.blob_digest, row.attributes, row.owner, row.version,
-        _utc(row.created_at), _utc(row.updated_at),
+        utc(row.created_at), utc(row.updated_at),
     )  # fmt: skip
