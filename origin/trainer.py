@@ -30,11 +30,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from blobstore import BlobBackend, Expectation
 from recommender import (
     ALSConfig,
+    ColumnsBuilder,
     EventColumns,
     InteractionConfig,
     build_from_columns,
@@ -100,31 +99,11 @@ async def read_columns(
 ) -> EventColumns:
     """Every event in the catalog (recorded up to ``recorded_upto``), column-wise (ids
     numbered in order of appearance)."""
-    users: dict[str, int] = {}
-    items: dict[str, int] = {}
-    kinds: dict[str, int] = {}
-    u: list[int] = []
-    i: list[int] = []
-    k: list[int] = []
-    w: list[float] = []
-    t: list[float] = []
+    columns = ColumnsBuilder()
     async for page in catalog.event_pages(recorded_upto=recorded_upto):
         for e in page:
-            u.append(users.setdefault(e.user, len(users)))
-            i.append(items.setdefault(str(e.asset), len(items)))
-            k.append(kinds.setdefault(e.kind, len(kinds)))
-            w.append(e.weight)
-            t.append(e.at.timestamp())
-    return EventColumns(
-        user=np.asarray(u, dtype=np.int32),
-        item=np.asarray(i, dtype=np.int32),
-        kind=np.asarray(k, dtype=np.int16),
-        weight=np.asarray(w, dtype=np.float32),
-        at=np.asarray(t, dtype=np.float64),
-        user_ids=list(users),
-        item_ids=list(items),
-        kinds=list(kinds),
-    )
+            columns.add(e.user, str(e.asset), e.kind, e.weight, e.at.timestamp())
+    return columns.build()
 
 
 async def _read_from(url: str, recorded_upto: datetime | None) -> EventColumns:

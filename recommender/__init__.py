@@ -29,7 +29,7 @@ from .evaluation import (
     split_by_time,
     split_random,
 )
-from .events import AssetId, Event, EventColumns, encode_events
+from .events import AssetId, ColumnsBuilder, Event, EventColumns, encode_events
 from .interactions import Interactions, build_from_columns, build_interactions
 from .model import Model, ModelMeta
 from .precompute import PrecomputeStats, precompute_top
@@ -42,6 +42,7 @@ __all__ = [
     "DEFAULT_KIND_WEIGHTS",
     "ALSConfig",
     "AssetId",
+    "ColumnsBuilder",
     "Evaluation",
     "Event",
     "EventColumns",

@@ -96,44 +96,58 @@ class EventColumns:
         )
 
 
+class ColumnsBuilder:
+    """Events to ``EventColumns`` one at a time, ids numbered in order of first appearance
+    (for callers that read events in pages, such as the origin's trainer)."""
+
+    def __init__(self) -> None:
+        self._users: dict[str, int] = {}
+        self._items: dict[str, int] = {}
+        self._kinds: dict[str, int] = {}
+        self._user: list[int] = []
+        self._item: list[int] = []
+        self._kind: list[int] = []
+        self._weight: list[float] = []
+        self._at: list[float] = []
+
+    def add(self, user: str, item: str, kind: str, weight: float, at: float) -> None:
+        """One event; ``at`` in epoch seconds, ``weight`` NaN for "the kind's weight"."""
+        u = self._users.get(user)
+        if u is None:
+            u = self._users[check_id(user, "user")] = len(self._users)
+        i = self._items.get(item)
+        if i is None:
+            i = self._items[check_id(item, "asset")] = len(self._items)
+        k = self._kinds.get(kind)
+        if k is None:
+            k = self._kinds[kind] = len(self._kinds)
+        self._user.append(u)
+        self._item.append(i)
+        self._kind.append(k)
+        self._weight.append(weight)
+        self._at.append(at)
+
+    def build(self) -> EventColumns:
+        if len(self._kinds) > np.iinfo(np.int16).max:
+            raise ValueError("too many distinct event kinds")
+        return EventColumns(
+            user=np.asarray(self._user, dtype=np.int32),
+            item=np.asarray(self._item, dtype=np.int32),
+            kind=np.asarray(self._kind, dtype=np.int16),
+            weight=np.asarray(self._weight, dtype=np.float32),
+            at=np.asarray(self._at, dtype=np.float64),
+            user_ids=list(self._users),
+            item_ids=list(self._items),
+            kinds=list(self._kinds),
+        )
+
+
 def encode_events(events: Iterable[Event]) -> EventColumns:
     """Turn events into columns; ids are numbered in order of first appearance."""
-    user_index: dict[str, int] = {}
-    item_index: dict[str, int] = {}
-    kind_index: dict[str, int] = {}
-    users: list[int] = []
-    items: list[int] = []
-    kinds: list[int] = []
-    weights: list[float] = []
-    times: list[float] = []
+    builder = ColumnsBuilder()
     for event in events:
-        user = user_index.get(event.user)
-        if user is None:
-            user = user_index[check_id(event.user, "user")] = len(user_index)
-        key = asset_key(event.asset)
-        item = item_index.get(key)
-        if item is None:
-            item = item_index[check_id(key, "asset")] = len(item_index)
-        kind = kind_index.get(event.kind)
-        if kind is None:
-            kind = kind_index[event.kind] = len(kind_index)
         weight = math.nan if event.weight is None else float(event.weight)
         if event.weight is not None and not (math.isfinite(weight) and weight >= 0):
             raise ValueError(f"event weight must be finite and >= 0: {event.weight!r}")
-        users.append(user)
-        items.append(item)
-        kinds.append(kind)
-        weights.append(weight)
-        times.append(epoch_seconds(event.at))
-    if len(kind_index) > np.iinfo(np.int16).max:
-        raise ValueError("too many distinct event kinds")
-    return EventColumns(
-        user=np.asarray(users, dtype=np.int32),
-        item=np.asarray(items, dtype=np.int32),
-        kind=np.asarray(kinds, dtype=np.int16),
-        weight=np.asarray(weights, dtype=np.float32),
-        at=np.asarray(times, dtype=np.float64),
-        user_ids=list(user_index),
-        item_ids=list(item_index),
-        kinds=list(kind_index),
-    )
+        builder.add(event.user, asset_key(event.asset), event.kind, weight, epoch_seconds(event.at))
+    return builder.build()
