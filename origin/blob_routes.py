@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from pathlib import Path
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from types import MappingProxyType
 from typing import Any
 
 from aiohttp import web
@@ -62,11 +65,63 @@ def _blob_headers(info: BlobInfo) -> dict[str, str]:
     }
 
 
+# -- X-Accel-Redirect -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Accel:
+    """X-Accel-Redirect as this app does it, decided once when the routes are added."""
+
+    prefix: str  # nginx's internal location, without its final "/"
+    # The durable store when it is the local disk: a blob file there is complete the moment
+    # its name exists (it is renamed into place) and stays, so a GET neither walks the tier
+    # chain nor checks the file in a thread. None with a remote durable store, whose local
+    # disk is an LRU cache that may evict a file at any moment: then the file is checked.
+    disk: BlobBackend | None
+
+
+_ACCEL: web.AppKey[_Accel | None] = web.AppKey("blob_accel")
+
+
+def _accel_plan(app: web.Application) -> _Accel | None:
+    prefix = app[CONFIG].accel_redirect
+    if prefix is None:
+        return None
+    tiers = app[TIERS]
+    probe = Digest("0" * 64)
+    final = tiers.local_cache is None and tiers.durable.local_path(probe) is not None
+    return _Accel(prefix.rstrip("/"), tiers.durable if final else None)
+
+
+@lru_cache(maxsize=65_536)
+def _accel_headers(prefix: str, digest: str, sha256: bytes, content_type: str) -> Mapping[str, str]:
+    """The whole header set of an X-Accel-Redirect answer, built once per blob (a blob's
+    headers never change). nginx sends the file and computes Content-Length, Content-Range and
+    Accept-Ranges itself (a copy of ours would be a second one). Read-only: aiohttp copies it
+    into each response."""
+    return MappingProxyType(
+        {
+            "ETag": f'"{digest}"',
+            "Cache-Control": IMMUTABLE,
+            "Content-Type": content_type,
+            "Repr-Digest": format_sha256(sha256),
+            # The file's place below the blob directory: ab/cd/<digest>.
+            "X-Accel-Redirect": f"{prefix}/{digest[0:2]}/{digest[2:4]}/{digest}",
+        }
+    )
+
+
 # -- reads ------------------------------------------------------------------------------------
 
 
 async def get_blob(request: web.Request) -> web.StreamResponse:
     digest = _digest_param(request)
+    accel = request.app[_ACCEL]
+    if accel is not None and accel.disk is not None and request.method == "GET":
+        # The X-Accel hot path with the disk as the durable store: one cached stat.
+        info = await accel.disk.stat(digest)
+        if info is not None and info.size > _SENDFILE_MIN:
+            return _accel_answer(request, accel, info)
     store = request.app[STORE]
     info = await store.stat(digest)
     if info is None:
@@ -88,11 +143,11 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
     headers["Content-Length"] = str(count)
     if request.method == "HEAD":
         return web.Response(status=status, headers=headers)
-    accel = request.app[CONFIG].accel_redirect
     if accel is not None and info.size > _SENDFILE_MIN:
-        redirect = await _accel_redirect(accel, store.local_path(digest), headers)
-        if redirect is not None:
-            return redirect
+        # A remote durable store: the local file is a cache entry, which may not be there.
+        path = store.local_path(digest)
+        if path is not None and await asyncio.to_thread(path.is_file):
+            return _accel_answer(request, accel, info)
     if count > _SENDFILE_MIN and (path := store.local_path(digest)) is not None:
         try:
             file = await asyncio.to_thread(open, path, "rb")
@@ -103,20 +158,23 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
     return await _from_store(request, digest, status, headers, start, count)
 
 
-async def _accel_redirect(
-    prefix: str, path: Path | None, headers: dict[str, str]
-) -> web.Response | None:
-    """``X-Accel-Redirect`` to the blob's file under nginx's internal ``prefix``, or None when
-    the bytes are not a local file. nginx sends the file and applies the client's Range itself
-    (the range was checked here, so a 416 is still ours) and computes the length."""
-    if path is None or not await asyncio.to_thread(path.is_file):
-        return None
-    # nginx announces Accept-Ranges itself for a file; a copy of ours would be a second one.
-    dropped = ("Content-Length", "Content-Range", "Accept-Ranges")
-    kept = {k: v for k, v in headers.items() if k not in dropped}
-    # The file's place below the blob directory: ab/cd/<digest>.
-    kept["X-Accel-Redirect"] = prefix.rstrip("/") + "/" + "/".join(path.parts[-3:])
-    return web.Response(status=200, headers=kept)
+def _accel_answer(request: web.Request, accel: _Accel, info: BlobInfo) -> web.Response:
+    """A GET of a local blob file: its headers and ``X-Accel-Redirect`` to it under nginx's
+    internal location. nginx sends the file and applies the client's Range itself; the origin
+    still answers what needs the blob's identity: a download to record, 304 and 416."""
+    digest = info.digest
+    headers = request.headers
+    authorization = headers.get("Authorization")
+    if authorization is not None:
+        note_blob_download(request, authorization, digest.hex)
+    if_none_match = headers.get("If-None-Match")
+    if if_none_match is not None and none_match(if_none_match, digest.hex):
+        return web.Response(status=304, headers=_blob_headers(info))
+    if "Range" in headers:
+        _requested_range(request, info)  # a 416 is ours
+    return web.Response(
+        headers=_accel_headers(accel.prefix, digest.hex, info.sha256, info.content_type)
+    )
 
 
 def _requested_range(request: web.Request, info: BlobInfo) -> ByteRange | None:
@@ -361,6 +419,7 @@ async def expect_upload(request: web.Request) -> web.StreamResponse | None:
 
 
 def add_routes(app: web.Application) -> None:
+    app[_ACCEL] = _accel_plan(app)
     router = app.router
     router.add_get("/blobs/sha256/{sha256:[^/]+}", sha256_alias)
     router.add_get("/blobs/{digest:[^/]+}", get_blob)

@@ -96,6 +96,16 @@ def logged_status(line: str) -> int:
     return int(match.group(1))
 
 
+def upstream_ports(origin: LiveOrigin) -> set[int]:
+    """The client ports of the connections nginx holds open to the origin's worker."""
+    [pid] = origin.server_pids()
+    return {
+        c.raddr.port
+        for c in psutil.Process(pid).net_connections("tcp")
+        if c.status == psutil.CONN_ESTABLISHED and c.laddr.port == origin.port and c.raddr
+    }
+
+
 # -- fixtures ---------------------------------------------------------------------------------
 
 
@@ -256,6 +266,20 @@ def test_range_on_a_large_blob_fetches_only_the_slices_it_touches(
     assert [logged_status(line) for line in origin_gets(origin, digest)] == [206, 206]
 
 
+def test_cache_misses_reuse_upstream_connections(cached: tuple[LiveOrigin, EdgeNginx]) -> None:
+    """A location's own proxy_set_header (Range, for slices) drops every inherited one, the
+    Connection "" keepalive needs included: each miss then opened and closed a connection."""
+    origin, edge = cached
+    digests = [store(origin, pattern_blob(3000 + i, b"keep%d" % i)) for i in range(6)]
+    seen: list[set[int]] = []
+    for digest in digests:
+        reply = call(edge.url, "GET", f"/blobs/{digest}")
+        assert (reply.status, reply.header("X-Cache-Status")) == (200, "MISS")
+        seen.append(upstream_ports(origin))
+    # Two nginx workers: at most two kept connections, the same ones throughout.
+    assert seen[0] and len(set().union(*seen)) <= 2, seen
+
+
 def test_concurrent_cold_gets_reach_the_origin_once(cached: tuple[LiveOrigin, EdgeNginx]) -> None:
     origin, edge = cached
     data = pattern_blob(20 * MiB, b"herd")  # three slices
@@ -413,6 +437,17 @@ def test_accel_redirect_serves_the_origins_file(accel: tuple[LiveOrigin, EdgeNgi
     assert head.header("ETag") == f'"{digest}"'
     # Clients cannot reach the internal location.
     assert call(edge.url, "GET", f"/_accel/{digest[:2]}/{digest[2:4]}/{digest}").status == 404
+
+
+def test_accel_redirects_reuse_upstream_connections(accel: tuple[LiveOrigin, EdgeNginx]) -> None:
+    origin, edge = accel
+    digest = store(origin, pattern_blob(MiB, b"keepalive"))
+    seen: list[set[int]] = []
+    for _ in range(6):
+        reply = call(edge.url, "GET", f"/blobs/{digest}", headers={"Range": "bytes=0-99"})
+        assert (reply.status, reply.header("X-Cache-Status")) == (206, "ACCEL")
+        seen.append(upstream_ports(origin))
+    assert seen[0] and all(ports == seen[0] for ports in seen), seen
 
 
 def test_accel_mode_small_blobs_come_from_the_origin(accel: tuple[LiveOrigin, EdgeNginx]) -> None:
