@@ -234,6 +234,17 @@ async def setup(
     }
 
 
+async def reset(url: str, cutoff: datetime) -> int:
+    catalog = Catalog.connect(url)
+    try:
+        await upgrade(catalog.engine)
+        async with catalog.engine.begin() as conn:
+            result = await conn.execute(events.delete().where(events.c.recorded_at > cutoff))
+        return int(result.rowcount)
+    finally:
+        await catalog.close()
+
+
 def write_bodies(path: Path, users: int, item_ids: list[str], batch: int) -> None:
     """Event bodies for the ingestion run: random users and assets of the catalogue."""
     rng = random.Random(1)
@@ -334,6 +345,14 @@ def main() -> int:
 def run(args: argparse.Namespace, work: Path, data_dir: Path, catalog_url: str | None) -> int:
     if args.reuse and not args.postgres and (work / "setup.json").exists():
         info = json.loads((work / "setup.json").read_text())
+        # A catalog built by older code: `origin serve` refuses a schema behind its own. And
+        # the state the setup left: without the events an earlier run posted (newer than the
+        # model, they would send their users to live scoring).
+        t = time.perf_counter()
+        url = f"sqlite+aiosqlite:///{data_dir / 'catalog.sqlite'}"
+        removed = asyncio.run(reset(url, datetime.fromisoformat(info["events_cutoff"])))
+        log(f"catalog at head, {removed:,} events of earlier runs removed "
+            f"({time.perf_counter() - t:.1f}s)")  # fmt: skip
     else:
         shutil.rmtree(data_dir, ignore_errors=True)
         data_dir.mkdir(parents=True)

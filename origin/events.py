@@ -89,6 +89,9 @@ class EventBuffer:
     def pending_for(self, user: str) -> list[EventRecord]:
         return list(self._by_user.get(user, ()))
 
+    def has_pending(self, user: str) -> bool:
+        return user in self._by_user
+
     # -- writing ------------------------------------------------------------------------------
 
     def start(self) -> None:

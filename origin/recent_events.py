@@ -18,6 +18,12 @@ Where they come from:
 A training run includes exactly the events recorded at or before its cutoff (origin.trainer),
 so after a swap the events up to the new cutoff are dropped here and nothing counts twice.
 Memory grows with the events since the last training (a few hundred bytes each).
+
+Before the first model every event is newer than "the model": the tail reads from the start,
+and the popularity fallback leaves out what each user already has from these (there is no
+index on the user column to ask the catalog: migration 0004). Bounded by ``PRE_MODEL_MAX``
+events; past that the tail stops until a model comes, and the fallback may show a user
+something they have. Rows from before migration 0003 (no ``recorded_at``) are not read.
 """
 
 from __future__ import annotations
@@ -32,20 +38,25 @@ _LAST_ID = uuid.UUID(int=(1 << 128) - 1)
 # Rows per tail query. Turning rows into records runs on the event loop (~10 us a row), so a
 # page is also the longest the tail holds the loop: 2,000 rows ~ 20 ms.
 _PAGE = 2_000
+# Events kept before a first model exists (~300 bytes each).
+PRE_MODEL_MAX = 200_000
 
 
 class RecentEvents:
     def __init__(self, catalog: RecommenderCatalog, *, commit_lag: float) -> None:
         self._catalog = catalog
         self._lag = timedelta(seconds=commit_lag)
-        self.cutoff: datetime | None = None  # None: no model yet, nothing is kept
-        self._cursor: tuple[datetime, uuid.UUID] | None = None
+        self.cutoff: datetime | None = None  # None: no model yet, everything is kept
+        self._cursor: tuple[datetime, uuid.UUID] | None = None  # None: from the start
         self._by_user: dict[str, dict[uuid.UUID, EventRecord]] = {}
         self.count = 0
 
     def for_user(self, user: str) -> Iterable[EventRecord]:
         events = self._by_user.get(user)
         return () if events is None else events.values()
+
+    def has(self, user: str) -> bool:
+        return user in self._by_user
 
     def set_cutoff(self, cutoff: datetime) -> None:
         """A model trained on the events recorded up to ``cutoff`` is now served."""
@@ -72,9 +83,11 @@ class RecentEvents:
 
     def note_written(self, batch: Iterable[EventRecord], recorded_at: datetime) -> None:
         """This worker's batch, just committed with ``recorded_at``."""
-        if self.cutoff is None or recorded_at <= self.cutoff:
+        if self.cutoff is not None and recorded_at <= self.cutoff:
             return
         for e in batch:
+            if self.cutoff is None and self.count >= PRE_MODEL_MAX:
+                return
             self._add(EventRecord(e.id, e.user, e.asset, e.kind, e.weight, e.at, recorded_at))
 
     def _add(self, event: EventRecord) -> None:
@@ -85,18 +98,17 @@ class RecentEvents:
 
     async def poll(self) -> int:
         """Read what was recorded since the last poll (up to ``now - commit_lag``)."""
-        if self._cursor is None or self.cutoff is None:
-            return 0
         upto = datetime.now(UTC) - self._lag
         read = 0
         while True:
-            cursor = self._cursor
+            cursor, cutoff = self._cursor, self.cutoff
+            if cutoff is None and self.count >= PRE_MODEL_MAX:
+                return read  # the bound before a first model; set_cutoff moves the cursor
             page = await self._catalog.events_recorded(cursor, upto, _PAGE)
-            if self._cursor != cursor:
+            if self._cursor != cursor or self.cutoff != cutoff:
                 return read  # a model swap moved the cursor meanwhile; the next poll goes on
-            cutoff = self.cutoff
             for event in page:
-                if event.recorded_at is not None and event.recorded_at > cutoff:
+                if cutoff is None or (event.recorded_at is not None and event.recorded_at > cutoff):
                     self._add(event)
             read += len(page)
             if page:

@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from . import problems
 from .appkeys import CATALOG, CONFIG, STORE, TOKENS
@@ -256,23 +257,42 @@ async def post_events(request: web.Request) -> web.Response:
 # -- reads --------------------------------------------------------------------------------
 
 
+# Valid query strings, parsed: clients send a handful of distinct ones (limit, kind), and
+# parsing into a MultiDict costs more per request than the whole stored-list lookup. Bounded.
+_QUERIES: dict[str, tuple[int, str | None]] = {}
+_QUERIES_MAX = 4096
+_RECOMMENDATION_HEADERS = CIMultiDict(
+    {"Content-Type": "application/json", "Cache-Control": "no-store"}
+)
+
+
 def _limit_and_kind(request: web.Request) -> tuple[int, str | None]:
+    raw = request.query_string
+    known = _QUERIES.get(raw)
+    if known is not None:
+        return known
     try:
         limit = int(request.query.get("limit", "10"))
     except ValueError:
         raise problems.bad_request("bad-query", "limit must be a number") from None
     if not 1 <= limit <= MAX_LIMIT:
         raise problems.bad_request("bad-query", f"limit must be 1 to {MAX_LIMIT}")
-    return limit, request.query.get("kind") or None
+    parsed = limit, request.query.get("kind") or None
+    if len(_QUERIES) < _QUERIES_MAX:
+        _QUERIES[raw] = parsed
+    return parsed
 
 
 async def recommendations(request: web.Request) -> web.Response:
     limit, kind = _limit_and_kind(request)
     user = request.match_info["user"]
-    body = await request.app[RECOMMENDER].recommend_json(user, limit, kind)
-    return web.Response(
-        body=body, content_type="application/json", headers={"Cache-Control": "no-store"}
-    )
+    service = request.app[RECOMMENDER]
+    # Most answers need no await (a stored list, or the cached popularity answer): no
+    # coroutine for them.
+    body = service.answer_now(user, limit, kind)
+    if body is None:
+        body = await service.recommend_json(user, limit, kind)
+    return web.Response(body=body, headers=_RECOMMENDATION_HEADERS)
 
 
 async def similar(request: web.Request) -> web.Response:

@@ -11,14 +11,14 @@ model's cutoff: those this worker holds in memory (``RecentEvents``: its own wri
 everyone else's tailed from the catalog every ``recommender_tail_interval``) and those still in
 its event buffer. So an event changes the list at once on the worker that took it, and on every
 other worker within flush interval + commit lag + tail interval. Before a first model exists
-the answer is the catalog's popularity ranking with ``fallback: true`` (one query per request:
-that state lasts until the first training).
+the answer is the catalog's popularity ranking with ``fallback: true``, without what the user
+already has (known the same way: before a model, every event counts as recent).
 
 Three paths, cheapest first:
 * a user with no newer events: the model's precomputed list, filtered (deleted, kind; owned
   items are not in it), on the event loop (a few microseconds, no thread hop); a user the model
-  does not know: the popularity ranking, computed once per (limit, kind) per model and
-  asset state;
+  has no events of (unknown, or an empty training row): the popularity ranking, computed
+  once per (limit, kind) per model and asset state;
 * otherwise, or when the stored list cannot fill the answer: live scoring with fold-in in one
   thread per worker (the ``Recommender`` serialises calls anyway), so the event loop keeps
   answering other requests while a large catalogue is scored.
@@ -75,6 +75,7 @@ class LoadedModel:
     # Events recorded after this are not in the model (details["events_cutoff"]; models from
     # before that key fall back to their newest event time).
     cutoff: datetime | None
+    version: str  # str(record.id), once rather than per answer
 
 
 class RecommenderService:
@@ -130,14 +131,14 @@ class RecommenderService:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def _tail(self) -> None:
-        while True:
-            await asyncio.sleep(self._config.recommender_tail_interval)
+        while True:  # the first read at once: the events since the cutoff, or all before a model
             try:
                 await self.recent.poll()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("recommender: reading recent events failed: %s", exc)
+            await asyncio.sleep(self._config.recommender_tail_interval)
 
     def note_written(self, batch: list[EventRecord], recorded_at: datetime) -> None:
         """This worker's buffer wrote ``batch`` (before it leaves ``pending_for``)."""
@@ -204,6 +205,7 @@ class RecommenderService:
         else:
             data = b"".join([chunk async for chunk in self._store.open(digest)])
             model = await asyncio.to_thread(model_from_bytes, data)
+        await asyncio.to_thread(_prefault_lists, model)
         kinds = {key: b.kind for key, b in self.assets.items()}
         deleted = [key for key, b in self.assets.items() if b.deleted]
         recommender = await asyncio.to_thread(
@@ -216,7 +218,7 @@ class RecommenderService:
             else model.meta.newest_event_datetime
         )
         # No await from here on: requests see the new model and its cutoff together.
-        self.loaded = LoadedModel(record, recommender, cutoff)
+        self.loaded = LoadedModel(record, recommender, cutoff, str(record.id))
         self.recent.set_cutoff(cutoff or datetime.min.replace(tzinfo=UTC))
         self._fallbacks.clear()
         log.info("recommender: now serving model %s (%d users, %d assets)",
@@ -240,22 +242,36 @@ class RecommenderService:
             recent = recent[-MAX_RECENT:]
         return recent
 
+    def answer_now(self, user: str, limit: int, kind: str | None) -> bytes | None:
+        """``recommend_json``'s answer when it needs no thread and no query (the common case:
+        a user without newer events whose stored list fills the answer, or a user the model
+        has no events of once their popularity answer is cached); None otherwise."""
+        loaded = self.loaded
+        if loaded is None or self.recent.has(user) or self._buffer.has_pending(user):
+            return None
+        recommender = loaded.recommender
+        listed = recommender.recommend_stored(user, limit, kind)
+        if listed is not None:
+            return self._encode(listed.items, loaded.version, False)
+        if not recommender.has_history(user):
+            return self._fallbacks.get((limit, kind))
+        return None
+
     async def recommend_json(self, user: str, limit: int, kind: str | None) -> bytes:
         """The answer of ``GET /users/{user}/recommendations`` as JSON bytes."""
         loaded = self.loaded  # once: the whole answer comes from one model
         if loaded is None:
-            # Before the first model only: the user's whole history from the catalog.
-            stored = await self._catalog.user_events(user, None, MAX_RECENT)
-            owned = {str(e.asset) for e in stored}
-            owned.update(str(e.asset) for e in self._buffer.pending_for(user))
+            # Before the first model: every event is "recent" (the tail reads from the start,
+            # bounded), so what the user already has comes from memory too.
+            owned = {str(e.asset) for e in self._recent(user)}
             return self.encode(Ranking(self._popular_items(limit, kind, owned), None, True))
         recent = self._recent(user)
         recommender = loaded.recommender
         if not recent:
             listed = recommender.recommend_stored(user, limit, kind)
             if listed is not None:
-                return self._encode(listed.items, str(loaded.record.id), False)
-            if user not in recommender.model.user_index:
+                return self._encode(listed.items, loaded.version, False)
+            if not recommender.has_history(user):  # unknown, or no training row: popularity
                 key = (limit, kind)
                 body = self._fallbacks.get(key)
                 if body is None:
@@ -359,6 +375,20 @@ class RecommenderService:
                 "evaluation": details.get("evaluation"),
             }
         return body
+
+
+def _prefault_lists(model: Model) -> None:
+    """Touch every page of the memory-mapped precomputed lists before serving from them.
+
+    Otherwise each user's first request takes page faults (the file is in the page cache but
+    not yet mapped into this process), a few microseconds each in a VM, on the event loop;
+    at 1M users that lasts for minutes of traffic. Here it is one pass in the loading thread,
+    in slices so that the loop gets the GIL back in between."""
+    for array in (model.top_items, model.top_scores):
+        if array is None or array.ndim != 2 or not array.shape[1]:
+            continue
+        for start in range(0, array.shape[0], 1 << 16):
+            array[start : start + (1 << 16), 0].sum()  # the first entry of each row: every page
 
 
 def _apply_to(recommender: Recommender, changed: list[AssetBrief]) -> None:

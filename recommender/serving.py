@@ -272,6 +272,17 @@ class Recommender:
                 allowed[owned[owned < self._n_model]] = False
             return self._result(*self._ranker.top_n(vector, n, allowed), fallback=False)
 
+    def has_history(self, user: str) -> bool:
+        """Whether the model holds any of ``user``'s events. A user without (unknown, or
+        known with an empty training row) gets the same answer from ``recommend`` as every
+        other such user while they have no newer events: the popularity ranking, nothing
+        excluded, which a server can compute once and reuse."""
+        u = self._user_index.get(user)
+        if u is None:
+            return False
+        indptr = self.model.user_items.indptr
+        return bool(indptr[u + 1] > indptr[u])
+
     def recommend_stored(
         self, user: str, n: int = 10, kind: str | None = None
     ) -> Recommendations | None:
@@ -289,7 +300,11 @@ class Recommender:
         u = self._user_index.get(user)
         if top is None or scores is None or u is None or n <= 0:
             return None
-        row: list[int] = top[u].tolist()
+        # Read the head of the row first: converting all k entries to Python costs more than
+        # the rest of the lookup, and without filters n of them are enough.
+        width = top.shape[1]
+        span = min(width, 2 * n + 8 if kind is None else 8 * n + 16)
+        row: list[int] = top[u, :span].tolist()
         if not row or row[0] < 0:
             return None  # no list (e.g. no training row: popularity is ``recommend``'s job)
         code = None
@@ -298,18 +313,24 @@ class Recommender:
             if code is None:
                 return Recommendations((), False)
         deleted, kinds = self._deleted_model, self._kind_list
-        picked: list[int] = []
-        for pos, i in enumerate(row):
-            if i < 0:
-                break  # the list holds every candidate there was: the answer is complete
-            if i in deleted or (code is not None and kinds[i] != code):
-                continue
-            picked.append(pos)
-            if len(picked) == n:
+        while True:
+            picked: list[int] = []
+            for pos, i in enumerate(row):
+                if i < 0:
+                    break  # the list holds every candidate there was: the answer is complete
+                if i in deleted or (code is not None and kinds[i] != code):
+                    continue
+                picked.append(pos)
+                if len(picked) == n:
+                    break
+            if len(picked) == n or row[-1] < 0:
                 break
-        if len(picked) < n and row[-1] >= 0:
-            return None  # the list was cut at its length: items beyond it may qualify
-        names, values = self.model.item_ids, scores[u].tolist()
+            if span == width:
+                return None  # the list was cut at its length: items beyond it may qualify
+            span = width
+            row = top[u].tolist()
+        names = self.model.item_ids
+        values = scores[u, : picked[-1] + 1].tolist() if picked else []
         return Recommendations(tuple((names[row[p]], values[p]) for p in picked), False)
 
     def recommend_batch(

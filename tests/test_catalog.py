@@ -13,7 +13,7 @@ from pathlib import Path
 
 import blake3
 import pytest
-from sqlalchemy import Integer, text
+from sqlalchemy import Integer, inspect, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from blobstore import BlobInfo, Digest
@@ -89,7 +89,7 @@ async def test_migration_from_previous_revision_keeps_data_and_steps_down(catalo
         await upgrade(cat.engine)
         assert await cat.asset(asset.id) == asset
         await cat.add_token("v" * 64, "t1", "ci", ["write"])
-        await downgrade(cat.engine, "0001")  # through 0003 and 0002
+        await downgrade(cat.engine, "0001")  # through 0004, 0003 and 0002
         assert await current_revision(cat.engine) == "0001"
         assert await cat.asset(asset.id) == asset  # one step down keeps 0001's data
         async with cat.engine.connect() as conn:
@@ -98,6 +98,29 @@ async def test_migration_from_previous_revision_keeps_data_and_steps_down(catalo
             )
         assert "tokens" not in tables
         assert "assets" in tables
+    finally:
+        await cat.close()
+
+
+async def _event_indexes(cat: Catalog) -> set[str]:
+    async with cat.engine.connect() as conn:
+        found = await conn.run_sync(lambda c: inspect(c).get_indexes("events"))
+    return {str(i["name"]) for i in found}
+
+
+async def test_events_keep_only_the_index_the_tail_reads(catalog_url: str) -> None:
+    """Migration 0004: every secondary index is written on every event, and only
+    ``recorded_at`` is read (the workers' tail); 0003's two others come back on a downgrade."""
+    cat = Catalog.connect(catalog_url)
+    try:
+        await upgrade(cat.engine)
+        assert await _event_indexes(cat) == {"ix_events_recorded_at"}
+        await downgrade(cat.engine, "0003")
+        assert await _event_indexes(cat) == {
+            "ix_events_at", "ix_events_user_id_at", "ix_events_recorded_at",
+        }  # fmt: skip
+        await upgrade(cat.engine)
+        assert await _event_indexes(cat) == {"ix_events_recorded_at"}
     finally:
         await cat.close()
 

@@ -20,6 +20,16 @@ from origin.appkeys import CATALOG
 from origin.catalog import Catalog, upgrade
 from origin.catalog.schema import assets
 from origin.recommend_routes import BUFFER, RECOMMENDER, _check_fast, _check_item, _event_ids
+from recommender import (
+    ALSConfig,
+    InteractionConfig,
+    Recommender,
+    SyntheticConfig,
+    build_from_columns,
+    generate,
+    precompute_top,
+)
+from recommender import train as fit
 
 from .conftest import AUTH, Client
 from .test_recommend_api import load_world, make_config, recs, train
@@ -191,3 +201,95 @@ async def test_a_quiet_catalog_is_not_read_again_on_every_poll(
     await service._read_asset_changes()  # still inside the overlap of the previous read
     await asyncio.sleep(0.4)
     assert await service._read_asset_changes() == []
+
+
+async def test_before_a_model_the_fallback_leaves_out_what_the_user_has(
+    workers: tuple[Client, Client], tmp_path: Path, catalog_url: str
+) -> None:
+    """No model yet, so popularity; what the user took is left out on the worker that took it
+    at once, on the other worker once its tail read it, and on a worker started later (whose
+    first tail read starts at the beginning: there is no per-user query to ask instead)."""
+    one, two = workers
+    ids = []
+    for n in range(6):
+        body = {"name": f"a{n}", "kind": "prop", "blob": await blob(one)}
+        resp = await one.post("/assets", json=body, headers=AUTH)
+        ids.append(str((await resp.json(content_type=None))["identifier"]))
+    crowd = [  # asset n is taken by 6 - n people: popularity order is ids' order
+        {"user": f"crowd-{u}", "asset": a, "kind": "use"}
+        for n, a in enumerate(ids)
+        for u in range(6 - n)
+    ]
+    assert (await one.post("/events", json={"events": crowd}, headers=AUTH)).status == 202
+    await one.app[BUFFER].flush()
+    for worker in (one, two):
+        await worker.app[RECOMMENDER].refresh()
+        assert [i["asset"] for i in (await recs(worker, "ann", limit="3"))["items"]] == ids[:3]
+    took = {"user": "ann", "asset": ids[0], "kind": "like"}
+    assert (await one.post("/events", json={"events": [took]}, headers=AUTH)).status == 202
+    expected = ids[1:4]
+    answer = await recs(one, "ann", limit="3")  # still in the buffer
+    assert (answer["fallback"], answer["model_version"]) == (True, None)
+    assert [i["asset"] for i in answer["items"]] == expected
+    await one.app[BUFFER].flush()
+    assert [i["asset"] for i in (await recs(one, "ann", limit="3"))["items"]] == expected
+    await asyncio.sleep(LAG + 0.05)
+    await two.app[RECOMMENDER].recent.poll()  # (or its own tail task did it already)
+    assert [i["asset"] for i in (await recs(two, "ann", limit="3"))["items"]] == expected
+    # Someone else's list is unchanged.
+    assert [i["asset"] for i in (await recs(two, "bob", limit="3"))["items"]] == ids[:3]
+    config = make_config(tmp_path / "three", catalog_url, recommender_commit_lag=LAG)
+    async with TestClient(TestServer(create_app(config))) as three:
+        for _ in range(100):  # its first tail read runs at start, in the background
+            if list(three.app[RECOMMENDER].recent.for_user("ann")):
+                break
+            await asyncio.sleep(0.05)
+        assert [i["asset"] for i in (await recs(three, "ann", limit="3"))["items"]] == expected
+
+
+async def test_the_tail_before_a_model_is_bounded(
+    workers: tuple[Client, Client], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    one, two = workers
+    monkeypatch.setattr("origin.recent_events.PRE_MODEL_MAX", 5)
+    monkeypatch.setattr("origin.recent_events._PAGE", 2)
+    body = {"name": "a", "kind": "prop", "blob": await blob(one)}
+    resp = await one.post("/assets", json=body, headers=AUTH)
+    asset = str((await resp.json(content_type=None))["identifier"])
+    events = [{"user": f"u{n}", "asset": asset, "kind": "use"} for n in range(12)]
+    assert (await one.post("/events", json={"events": events}, headers=AUTH)).status == 202
+    await one.app[BUFFER].flush()
+    assert one.app[RECOMMENDER].recent.count == 5  # its own writes, up to the bound
+    await asyncio.sleep(LAG + 0.05)
+    recent = two.app[RECOMMENDER].recent
+    await recent.poll()
+    assert 5 <= recent.count <= 6  # a page at a time, stopping once over the bound
+    await recent.poll()
+    assert 5 <= recent.count <= 6
+
+
+def test_users_without_a_training_row_get_the_one_popularity_answer() -> None:
+    """The generator names users who took nothing: they are in the model with an empty row.
+    Such a user, like an unknown one, gets plain popularity: a server caches that answer once
+    (RecommenderService) instead of scoring it in its thread for every request."""
+    data = generate(SyntheticConfig(n_users=300, n_items=80, n_events=900, communities=3, seed=2))
+    model = fit(
+        build_from_columns(data.columns, InteractionConfig()),
+        ALSConfig(factors=8, iterations=3, num_threads=1, seed=0),
+    )
+    model, _ = precompute_top(model, 20)
+    recommender = Recommender(model)
+    rows = model.user_items.indptr
+    empty = [u for u in range(len(model.user_ids)) if rows[u + 1] == rows[u]]
+    full = [u for u in range(len(model.user_ids)) if rows[u + 1] > rows[u]]
+    assert empty
+    assert full
+    idle = model.user_ids[empty[0]]
+    assert not recommender.has_history(idle)
+    assert not recommender.has_history("never-seen")
+    assert recommender.has_history(model.user_ids[full[0]])
+    assert recommender.recommend_stored(idle, 5) is None
+    popular = recommender.recommend("never-seen", 5)
+    assert popular.fallback
+    assert popular.items
+    assert recommender.recommend(idle, 5) == popular

@@ -163,17 +163,6 @@ class RecommenderCatalog:
         async with self.engine.connect() as conn:
             return [_event(r) for r in await conn.execute(query)]
 
-    async def user_events(
-        self, user: str, since: datetime | None, limit: int = 1000
-    ) -> list[EventRecord]:
-        """The user's newest events after ``since`` (all of them when None), newest first."""
-        query = select(events).where(events.c.user_id == user)
-        if since is not None:
-            query = query.where(events.c.at > since)
-        query = query.order_by(events.c.at.desc()).limit(limit)
-        async with self.engine.connect() as conn:
-            return [_event(r) for r in await conn.execute(query)]
-
     async def event_pages(
         self, page: int = 50_000, recorded_upto: datetime | None = None
     ) -> AsyncIterator[list[EventRecord]]:

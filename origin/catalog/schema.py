@@ -101,8 +101,9 @@ events = Table(
     Column("at", DateTime(timezone=True), nullable=False),
     # Stamped by the server that wrote the row (migration 0003): what workers tail by.
     Column("recorded_at", DateTime(timezone=True), nullable=True),
-    Index("ix_events_at", "at"),
-    Index("ix_events_user_id_at", "user_id", "at"),
+    # The only secondary index (migration 0004): every index costs a write per event, and this
+    # one grows at its end. Nothing reads events by user or by ``at``: serving keeps recent
+    # events in memory (origin.recent_events), training reads pages by id.
     Index("ix_events_recorded_at", "recorded_at"),
 )
 
