@@ -10,6 +10,9 @@ In one run, on loopback, at 4 KiB, 1 MiB and 64 MiB:
 - X-Accel: the edge in X-Accel-Redirect mode (``EDGE_BLOB_CACHE=off``): every GET misses
   nginx's cache by construction, goes to the origin (``accel_redirect=/_accel/``), which
   answers with its headers and the file's internal URI, and nginx sends the file.
+- direct: the X-Accel edge plus direct mode (nginx/edge-direct.conf, the Lua module): an
+  anonymous GET is answered by nginx from the origin's files and metadata, no origin request.
+  Left out with --no-direct, or when the Lua module is not installed.
 
 Targets (issue 7): edge HIT >= 95 % of static at each size; X-Accel >= 80 % of static.
 
@@ -39,7 +42,7 @@ from types import FrameType
 import blob_bench as bb
 
 sys.path.insert(0, str(bb.REPO))
-from tests.nginx_server import EdgeNginx  # after the path insert
+from tests.nginx_server import EdgeNginx, lua_available  # after the path insert
 
 KiB, MiB = bb.KiB, bb.MiB
 SIZES = "4KiB,1MiB,64MiB"
@@ -47,7 +50,7 @@ _UNITS = {"KiB": KiB, "MiB": MiB, "GiB": 1 << 30, "B": 1}
 TARGET_HIT = 0.95
 TARGET_ACCEL = 0.80
 ACCEL_PREFIX = "/_accel/"
-KINDS = ("static", "edge HIT", "X-Accel")
+KINDS = ("static", "edge HIT", "X-Accel", "direct")
 
 
 @dataclass
@@ -75,6 +78,7 @@ def start_edge(
     origin: bb.Server,
     blob_cache: str,
     accel_root: Path | None,
+    direct: bool = False,
 ) -> bb.Server:
     edge = EdgeNginx(
         run_dir,
@@ -82,6 +86,7 @@ def start_edge(
         blob_cache=blob_cache,
         accel_prefix=ACCEL_PREFIX,
         accel_root=accel_root,
+        direct=direct,
         workers=args.workers,
         port=bb.free_port(),
         cache_size="4g",
@@ -92,7 +97,7 @@ def start_edge(
     checked = subprocess.run(edge.command(conf, "-t", "-q"), capture_output=True, text=True)
     if checked.returncode != 0:
         raise bb.BenchError(f"nginx rejects {conf}:\n{checked.stderr}")
-    name = "edge" if blob_cache != "off" else "edge-accel"
+    name = "edge-direct" if direct else "edge" if blob_cache != "off" else "edge-accel"
     server = bb.Server(name, edge.command(conf), run_dir / "stdout.log", dict(os.environ))
     server.url = edge.url
     bb.wait_http(server, "/healthz", args.start_timeout)
@@ -137,7 +142,9 @@ def bench(
     wrk_log = logs / "wrk.log"
     token = "bench_" + secrets.token_hex(24)
     servers: list[bb.Server] = []
-    cells: dict[int, dict[str, Cell]] = {size: {k: Cell() for k in KINDS} for size in args.sizes}
+    cells: dict[int, dict[str, Cell]] = {
+        size: {k: Cell() for k in args.kinds} for size in args.sizes
+    }
     try:
         # Two origins, each with its own data directory: a plain one behind the caching edge,
         # and one in X-Accel-Redirect mode whose files the static nginx serves as well.
@@ -178,6 +185,11 @@ def bench(
         edge_accel = start_edge(args, work / "edge-accel", accel, "off", accel_dir / "blobs")
         servers.append(edge_accel)
         by_kind = {"static": static, "edge HIT": edge, "X-Accel": edge_accel}
+        if "direct" in args.kinds:
+            by_kind["direct"] = start_edge(
+                args, work / "edge-direct", accel, "off", accel_dir / "blobs", direct=True
+            )
+            servers.append(by_kind["direct"])
 
         for size, (digest, body) in blobs.items():
             path = f"/blobs/{digest}"
@@ -185,16 +197,20 @@ def bench(
             check_get(edge, path, body, None)  # fills the cache
             check_get(edge, path, body, "HIT")
             check_get(edge_accel, path, body, "ACCEL" if size > 64 * KiB else None)
+            if "direct" in by_kind:
+                check_get(by_kind["direct"], path, body, "DIRECT")
         machine = bb.machine_info(args, accel_dir)
         machine["edge config"] = "nginx/edge.conf.template, rendered by tests/nginx_server.py"
 
         for size, (digest, _) in blobs.items():
             connections = args.large_connections if size >= 64 * MiB else args.connections
             for rnd in range(args.rounds):
-                order = KINDS if rnd % 2 == 0 else tuple(reversed(KINDS))
+                order = args.kinds if rnd % 2 == 0 else tuple(reversed(args.kinds))
                 for kind in order:
                     server = by_kind[kind]
-                    origin: bb.Server | None = accel if kind == "X-Accel" else None
+                    # The direct edge asks the origin too, when it cannot answer itself: its
+                    # CPU counts (it should be about nothing).
+                    origin: bb.Server | None = accel if kind in ("X-Accel", "direct") else None
                     what = f"GET {bb.human_size(size)} {kind}"
                     origin_cpu: list[float] = []
 
@@ -232,11 +248,12 @@ def bench(
         raise
     finally:
         for server in reversed(servers):
-            is_nginx = server.name in ("nginx", "edge", "edge-accel")
+            is_nginx = server.name in ("nginx", "edge", "edge-accel", "edge-direct")
             server.stop(signal.SIGQUIT if is_nginx else signal.SIGTERM)
 
 
 def table(cells: dict[int, dict[str, Cell]], args: argparse.Namespace) -> list[list[str]]:
+    direct = "direct" in args.kinds
     head = [
         "size",
         "conns",
@@ -248,14 +265,18 @@ def table(cells: dict[int, dict[str, Cell]], args: argparse.Namespace) -> list[l
         "X-Accel req/s",
         "X-Accel MiB/s",
         "X-Accel/static",
-        "nginx CPU% s/h/x",
-        "origin CPU% x",
-        "other CPU% s/h/x",
+        *(["direct req/s", "direct MiB/s", "direct/static"] if direct else []),
+        "nginx CPU% "
+        + "/".join(k[0] for k in ("static", "hit", "x-accel", *(["direct"] if direct else []))),
+        "origin CPU% x" + ("/d" if direct else ""),
+        "other CPU% "
+        + "/".join(k[0] for k in ("static", "hit", "x-accel", *(["direct"] if direct else []))),
         "targets",
     ]
     rows = [head]
     for size, by_kind in cells.items():
-        s, h, x = (by_kind[k].median for k in KINDS)
+        med = {k: by_kind[k].median for k in args.kinds}
+        s, h, x = med["static"], med["edge HIT"], med["X-Accel"]
         hit, acc = h.mibs / s.mibs, x.mibs / s.mibs
         note = ""
         if size <= 64 * KiB:
@@ -264,6 +285,19 @@ def table(cells: dict[int, dict[str, Cell]], args: argparse.Namespace) -> list[l
             f"HIT >= {TARGET_HIT:.0%}: {'MET' if hit >= TARGET_HIT else 'MISSED'}; "
             f"X-Accel >= {TARGET_ACCEL:.0%}: {'MET' if acc >= TARGET_ACCEL else 'MISSED'}{note}"
         )
+        extra: list[str] = []
+        if direct:
+            d = med["direct"]
+            ratio = d.mibs / s.mibs
+            extra = [f"{d.rps:,.0f}", f"{d.mibs:,.0f}", f"{ratio:.0%}"]
+            verdict += (
+                f"; direct (a GET no nginx cache holds) >= {TARGET_ACCEL:.0%}: "
+                f"{'MET' if ratio >= TARGET_ACCEL else 'MISSED'}"
+            )
+        with_origin = [k for k in ("X-Accel", "direct") if k in args.kinds]
+        nginx_cpu = [med["static"].server_cpu_pct, med["edge HIT"].server_cpu_pct] + [
+            med[k].server_cpu_pct - by_kind[k].median_origin_cpu for k in with_origin
+        ]
         connections = args.large_connections if size >= 64 * MiB else args.connections
         rows.append(
             [
@@ -277,10 +311,10 @@ def table(cells: dict[int, dict[str, Cell]], args: argparse.Namespace) -> list[l
                 f"{x.rps:,.0f}",
                 f"{x.mibs:,.0f}",
                 f"{acc:.0%}",
-                "/".join(f"{r.server_cpu_pct:.0f}" for r in (s, h))
-                + f"/{x.server_cpu_pct - by_kind['X-Accel'].median_origin_cpu:.0f}",
-                f"{by_kind['X-Accel'].median_origin_cpu:.0f}",
-                "/".join(f"{r.other_cpu_pct:.0f}" for r in (s, h, x)),
+                *extra,
+                "/".join(f"{c:.0f}" for c in nginx_cpu),
+                "/".join(f"{by_kind[k].median_origin_cpu:.0f}" for k in with_origin),
+                "/".join(f"{med[k].other_cpu_pct:.0f}" for k in args.kinds),
                 verdict,
             ]
         )
@@ -318,6 +352,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--start-timeout", type=float, default=60, help="seconds for a server start")
     p.add_argument("--sizes", default=SIZES, help="blob sizes, e.g. 4KiB,1MiB,64MiB")
     p.add_argument("--origin-env", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument(
+        "--no-direct", action="store_true", help="leave out the direct-mode edge (Lua module)"
+    )
     p.add_argument("--work-dir", type=Path, help="parent of the temp dir")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (data, logs, configs)")
     p.add_argument("--markdown", type=Path, help="also write the results as Markdown here")
@@ -327,6 +364,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.sizes = [parse_size(text) for text in args.sizes.split(",")]
     except (KeyError, ValueError):
         p.error(f"--sizes: expected sizes such as 4KiB,1MiB,64MiB, got {args.sizes!r}")
+    args.kinds = KINDS if not args.no_direct and lua_available() else KINDS[:3]
     for tool in (args.wrk, args.nginx):
         if shutil.which(tool) is None:
             p.error(f"{tool} not found (apt-get install -y wrk nginx)")

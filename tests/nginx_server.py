@@ -19,10 +19,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATE = REPO / "nginx" / "edge.conf.template"
+DIRECT_CONF = REPO / "nginx" / "edge-direct.conf"
+# Where Debian's libnginx-mod-http-lua puts the modules direct mode needs (NDK first).
+LUA_MODULES = ("ndk_http_module.so", "ngx_http_lua_module.so")
+MODULES_DIR = Path("/usr/lib/nginx/modules")
 _PLACEHOLDER = re.compile(r"\$\{(EDGE_[A-Z_]+)\}")
 
 MAIN_CONF = """\
-daemon off;
+{modules}daemon off;
 master_process on;
 worker_processes {workers};
 pid {run}/nginx.pid;
@@ -69,6 +73,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def lua_available() -> bool:
+    return all((MODULES_DIR / name).exists() for name in LUA_MODULES)
+
+
+def lua_modules() -> str:
+    if not lua_available():
+        raise NginxError("direct mode needs the Lua module (apt-get install libnginx-mod-http-lua)")
+    return "".join(f"load_module {MODULES_DIR / name};\n" for name in LUA_MODULES)
+
+
 def nginx_binary() -> str | None:
     return shutil.which("nginx") or next(
         (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None
@@ -89,6 +103,8 @@ class EdgeNginx:
     accel_prefix: str = "/_accel/"
     # The origin's blob directory (X-Accel-Redirect mode); an empty directory otherwise.
     accel_root: Path | None = None
+    # Direct mode (nginx/edge-direct.conf, needs the Lua module): with blob_cache "off".
+    direct: bool = False
     workers: int = 1
     port: int = 0
     # The benchmark turns per-request logging off, as the static nginx it is compared with.
@@ -136,6 +152,7 @@ class EdgeNginx:
             "EDGE_BLOB_CACHE": self.blob_cache,
             "EDGE_ACCEL_PREFIX": self.accel_prefix,
             "EDGE_ACCEL_ROOT": f"{accel_root}/",
+            "EDGE_DIRECT_CONF": str(DIRECT_CONF) if self.direct else "/dev/null",
         }
         (self.run_dir / "edge.conf").write_text(render(TEMPLATE.read_text(), self.values))
         user = ""
@@ -148,6 +165,7 @@ class EdgeNginx:
         access_log = f"{self.access_log_path} edge" if self.access_log else "off"
         conf.write_text(
             MAIN_CONF.format(
+                modules=lua_modules() if self.direct else "",
                 workers=self.workers,
                 run=self.run_dir,
                 user=user,

@@ -9,10 +9,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import http.client
+import json
 import os
 import re
+import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,7 +28,7 @@ import pytest
 from origin.config import ConfigError, load_config
 
 from .conftest import ADMIN_TOKEN, LiveOrigin
-from .nginx_server import TEMPLATE, EdgeNginx, nginx_binary, placeholders
+from .nginx_server import TEMPLATE, EdgeNginx, lua_available, nginx_binary, placeholders
 
 MiB = 1 << 20
 SLICE = 8 * MiB
@@ -138,6 +141,28 @@ def accel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveOrigin
         blob_cache="off",
         accel_prefix="/_accel/",
         accel_root=root / "data" / "blobs",
+    )
+    try:
+        edge.start()
+        yield origin, edge
+    finally:
+        edge.stop()
+        origin.stop()
+
+
+@pytest.fixture(scope="module")
+def direct(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveOrigin, EdgeNginx]]:
+    """Direct mode: X-Accel-Redirect mode plus nginx/edge-direct.conf (the Lua module)."""
+    if not lua_available():
+        pytest.skip("the nginx Lua module is not installed (scripts/test installs it)")
+    root = tmp_path_factory.mktemp("direct")
+    origin = _origin(root / "data", ORIGIN_ACCEL_REDIRECT="/_accel/")
+    edge = EdgeNginx(
+        root / "nginx",
+        [f"127.0.0.1:{origin.port}"],
+        blob_cache="off",
+        accel_root=root / "data" / "blobs",
+        direct=True,
     )
     try:
         edge.start()
@@ -277,7 +302,8 @@ def test_cache_misses_reuse_upstream_connections(cached: tuple[LiveOrigin, EdgeN
         assert (reply.status, reply.header("X-Cache-Status")) == (200, "MISS")
         seen.append(upstream_ports(origin))
     # Two nginx workers: at most two kept connections, the same ones throughout.
-    assert seen[0] and len(set().union(*seen)) <= 2, seen
+    assert seen[0], seen
+    assert len(set().union(*seen)) <= 2, seen
 
 
 def test_concurrent_cold_gets_reach_the_origin_once(cached: tuple[LiveOrigin, EdgeNginx]) -> None:
@@ -447,7 +473,8 @@ def test_accel_redirects_reuse_upstream_connections(accel: tuple[LiveOrigin, Edg
         reply = call(edge.url, "GET", f"/blobs/{digest}", headers={"Range": "bytes=0-99"})
         assert (reply.status, reply.header("X-Cache-Status")) == (206, "ACCEL")
         seen.append(upstream_ports(origin))
-    assert seen[0] and all(ports == seen[0] for ports in seen), seen
+    assert seen[0], seen
+    assert all(ports == seen[0] for ports in seen), seen
 
 
 def test_accel_mode_small_blobs_come_from_the_origin(accel: tuple[LiveOrigin, EdgeNginx]) -> None:
@@ -466,3 +493,129 @@ def test_accel_redirect_setting_is_checked() -> None:
     for bad in ("_accel", "/a b/", "/x?y"):
         with pytest.raises(ConfigError, match="accel_redirect"):
             load_config(env={"ORIGIN_ACCEL_REDIRECT": bad})
+
+
+# -- direct mode ------------------------------------------------------------------------------
+
+# What a blob response says about the blob; Date, Server and the connection's own are left out.
+CONTRACT = ("ETag", "Cache-Control", "Content-Type", "Repr-Digest", "Accept-Ranges")
+
+
+def contract_headers(reply: Reply) -> dict[str, list[str]]:
+    names = (*CONTRACT, "Content-Length", "Content-Range", "Last-Modified", "Content-Encoding")
+    return {name: reply.headers.get_all(name) or [] for name in names}
+
+
+def test_direct_mode_answers_from_the_disk_like_the_origin(
+    direct: tuple[LiveOrigin, EdgeNginx],
+) -> None:
+    origin, edge = direct
+    # A small blob (the origin sends it itself), a large one (the origin names its file),
+    # a stored content type, the default one, and the empty blob.
+    blobs = [
+        (pattern_blob(4096, b"direct-small"), "model/gltf-binary"),
+        (pattern_blob(3 * MiB, b"direct-large"), "application/octet-stream"),
+        (b"", "application/octet-stream"),
+    ]
+    asks: list[dict[str, str]] = [{}, {"Range": "bytes=100-199"}, {"Range": "bytes=-10"}]
+    for data, content_type in blobs:
+        digest = store(origin, data, content_type)
+        path = f"/blobs/{digest}"
+        for ask in asks if data else [{}]:
+            mine, theirs = (
+                call(edge.url, "GET", path, headers=ask),
+                call(origin.url, "GET", path, headers=ask),
+            )
+            assert mine.header("X-Cache-Status") == "DIRECT", (ask, mine.status)
+            want = contract_headers(theirs)
+            if theirs.header("X-Accel-Redirect"):
+                # The origin names its file here (nginx applies the range, adds the lengths):
+                # what it would send itself is what the Range asks of the bytes.
+                first, last = {"": (0, len(data) - 1), "bytes=100-199": (100, 199)}.get(
+                    ask.get("Range", ""), (len(data) - 10, len(data) - 1)
+                )
+                theirs = Reply(206 if ask else 200, theirs.headers, data[first : last + 1])
+                want |= {"Accept-Ranges": ["bytes"], "Content-Length": [str(len(theirs.body))]}
+                if ask:
+                    want["Content-Range"] = [f"bytes {first}-{last}/{len(data)}"]
+            assert (mine.status, mine.body) == (theirs.status, theirs.body)
+            assert contract_headers(mine) == want, ask
+        whole = call(edge.url, "GET", path)
+        assert whole.body == data
+        assert whole.header("Content-Type") == content_type
+        sha = base64.b64encode(hashlib.sha256(data).digest()).decode()
+        assert whole.header("Repr-Digest") == f"sha-256=:{sha}:"
+        assert whole.header("ETag") == f'"{digest}"'
+        head = call(edge.url, "HEAD", path)
+        assert (head.status, head.header("X-Cache-Status"), head.body) == (200, "DIRECT", b"")
+        assert contract_headers(head) == contract_headers(call(origin.url, "HEAD", path))
+        # None of these GETs reached the origin: only the test's own did.
+        assert len(origin_gets(origin, digest)) == len(asks if data else [{}])
+    large = blobs[1][0]
+    digest = blake3.blake3(large).hexdigest()
+    part = call(edge.url, "GET", f"/blobs/{digest}", headers={"Range": "bytes=1000000-2000000"})
+    assert (part.status, part.body) == (206, large[1_000_000:2_000_001])
+    assert part.header("Content-Range") == f"bytes 1000000-2000000/{len(large)}"
+
+
+def test_direct_mode_leaves_the_rest_to_the_origin(direct: tuple[LiveOrigin, EdgeNginx]) -> None:
+    origin, edge = direct
+    data = pattern_blob(200_000, b"direct-rest")
+    digest = store(origin, data)
+    path = f"/blobs/{digest}"
+    # Conditionals, and a range past the end: the origin's answers (and its 416 body).
+    same = call(edge.url, "GET", path, headers={"If-None-Match": f'"{digest}"'})
+    assert (same.status, same.header("X-Cache-Status"), same.body) == (304, "ORIGIN", b"")
+    fresh = call(edge.url, "GET", path, headers={"Range": "bytes=0-9", "If-Range": f'"{digest}"'})
+    assert (fresh.status, fresh.body) == (206, data[:10])
+    other = call(edge.url, "GET", path, headers={"Range": "bytes=0-9", "If-Range": '"other"'})
+    assert (other.status, other.body) == (200, data)
+    past = call(edge.url, "GET", path, headers={"Range": f"bytes={len(data)}-"})
+    assert past.status == 416
+    assert past.header("Content-Range") == f"bytes */{len(data)}"
+    assert past.header("Content-Type") == "application/problem+json"
+    # Not on the disk: the origin's 404.
+    unknown = "ab" * 32
+    missing = call(edge.url, "GET", f"/blobs/{unknown}")
+    assert (missing.status, missing.header("X-Cache-Status")) == (404, "ORIGIN")
+    assert missing.header("Content-Type") == "application/problem+json"
+    assert call(edge.url, "GET", "/blobs/not-a-digest").status == 400
+    # Metadata nginx cannot read (a hand-edited tree): the origin answers, headers and all.
+    lone = pattern_blob(5000, b"direct-lone")
+    lone_digest = store(origin, lone, "model/gltf-binary")
+    meta = origin.data_dir / "meta" / lone_digest[:2] / lone_digest[2:4] / f"{lone_digest}.json"
+    meta.rename(meta.with_suffix(".moved"))
+    reply = call(edge.url, "GET", f"/blobs/{lone_digest}")
+    assert (reply.status, reply.header("X-Cache-Status"), reply.body) == (200, "ORIGIN", lone)
+    assert reply.header("Content-Type") == "model/gltf-binary"
+    # Uploads still reach the origin.
+    new = pattern_blob(1000, b"direct-put")
+    new_digest = blake3.blake3(new).hexdigest()
+    put = call(edge.url, "PUT", f"/blobs/{new_digest}", new, AUTH)
+    assert put.status == 201, put.body
+    assert call(edge.url, "GET", f"/blobs/{new_digest}").body == new
+
+
+def test_direct_mode_sends_token_carrying_gets_to_the_origin(
+    direct: tuple[LiveOrigin, EdgeNginx],
+) -> None:
+    origin, edge = direct
+    data = pattern_blob(100_000, b"direct-token")
+    digest = store(origin, data)
+    reply = call(origin.url, "POST", "/assets", json.dumps(
+        {"name": "Thing", "kind": "prop", "blob": digest}).encode(),
+        {**AUTH, "Content-Type": "application/json"})  # fmt: skip
+    assert reply.status == 201, reply.body
+    asset = json.loads(reply.body)["identifier"]
+    got = call(edge.url, "GET", f"/blobs/{digest}", headers=AUTH)
+    assert (got.status, got.header("X-Cache-Status"), got.body) == (200, "ACCEL", data)
+    assert [logged_status(line) for line in origin_gets(origin, digest)] == [200]
+    # The origin recorded the download (its buffer reaches the catalog within a second).
+    catalog = origin.data_dir / "catalog.sqlite"
+    deadline = time.monotonic() + 10
+    rows: list[tuple[str, str]] = []
+    while not rows and time.monotonic() < deadline:
+        time.sleep(0.1)
+        with sqlite3.connect(catalog) as db:
+            rows = db.execute("SELECT asset_id, kind FROM events").fetchall()
+    assert [(str(uuid.UUID(str(a))), k) for a, k in rows] == [(asset, "download")]
