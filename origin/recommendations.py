@@ -76,6 +76,10 @@ class LoadedModel:
     # before that key fall back to their newest event time).
     cutoff: datetime | None
     version: str  # str(record.id), once rather than per answer
+    # The answer's JSON fragments by the model's item index (as ``_fragments``, without the
+    # dict lookups of the asset id: the stored-list path, which yields indices).
+    fragments: list[tuple[str, str] | None]
+    tail: str  # the end of a non-fallback answer from this model
 
 
 class RecommenderService:
@@ -183,6 +187,10 @@ class RecommenderService:
             key = str(brief.id)
             self.assets[key] = brief
             self._fragments.pop(key, None)
+            if self.loaded is not None:
+                index = self.loaded.recommender.model.item_index.get(key)
+                if index is not None:
+                    self.loaded.fragments[index] = None
             if brief.deleted:
                 self.live_ids.pop(key, None)
             else:
@@ -218,7 +226,11 @@ class RecommenderService:
             else model.meta.newest_event_datetime
         )
         # No await from here on: requests see the new model and its cutoff together.
-        self.loaded = LoadedModel(record, recommender, cutoff, str(record.id))
+        version = str(record.id)
+        self.loaded = LoadedModel(
+            record, recommender, cutoff, version, [None] * len(model.item_ids),
+            self._answer_end(version, False),
+        )  # fmt: skip
         self.recent.set_cutoff(cutoff or datetime.min.replace(tzinfo=UTC))
         self._fallbacks.clear()
         log.info("recommender: now serving model %s (%d users, %d assets)",
@@ -250,9 +262,16 @@ class RecommenderService:
         if loaded is None or self.recent.has(user) or self._buffer.has_pending(user):
             return None
         recommender = loaded.recommender
-        listed = recommender.recommend_stored(user, limit, kind)
-        if listed is not None:
-            return self._encode(listed.items, loaded.version, False)
+        found = recommender.stored_top(user, limit, kind)
+        if found is not None:
+            fragments, names = loaded.fragments, recommender.model.item_ids
+            parts = []
+            for index, score in zip(*found, strict=True):
+                pair = fragments[index]
+                if pair is None:
+                    pair = fragments[index] = self._fragment(names[index])
+                parts.append(f"{pair[0]}{score!r}{pair[1]}")
+            return f'{{"items":[{",".join(parts)}{loaded.tail}'.encode()
         if not recommender.has_history(user):
             return self._fallbacks.get((limit, kind))
         return None
@@ -301,21 +320,32 @@ class RecommenderService:
         for asset, score in items:
             pair = fragments.get(asset)
             if pair is None:
-                brief = self.assets.get(asset)
-                head = json.dumps(asset)
-                name = json.dumps(brief.name if brief else None)
-                kind = json.dumps(brief.kind if brief else None)
-                pair = (f'{{"asset":{head},"score":', f',"name":{name},"kind":{kind}}}')
-                if len(fragments) < 1_000_000:
-                    fragments[asset] = pair
+                pair = self._fragment(asset)
             parts.append(f"{pair[0]}{score!r}{pair[1]}")  # repr(float) is JSON's float
+        return f'{{"items":[{",".join(parts)}{self._answer_end(version, fallback)}'.encode()
+
+    def _fragment(self, asset: str) -> tuple[str, str]:
+        """An item's JSON without its score, split around it (cached until the asset
+        changes)."""
+        pair = self._fragments.get(asset)
+        if pair is None:
+            brief = self.assets.get(asset)
+            head = json.dumps(asset)
+            name = json.dumps(brief.name if brief else None)
+            kind = json.dumps(brief.kind if brief else None)
+            pair = (f'{{"asset":{head},"score":', f',"name":{name},"kind":{kind}}}')
+            if len(self._fragments) < 1_000_000:
+                self._fragments[asset] = pair
+        return pair
+
+    def _answer_end(self, version: str | None, fallback: bool) -> str:
         tail = self._tails.get((version, fallback))
         if tail is None:
             flag = "true" if fallback else "false"
             tail = self._tails[(version, fallback)] = (
                 f'],"model_version":{json.dumps(version)},"fallback":{flag}}}'
             )
-        return f'{{"items":[{",".join(parts)}{tail}'.encode()
+        return tail
 
     async def similar(self, asset: uuid.UUID, limit: int, kind: str | None) -> Ranking | None:
         """None when there is no such (live) asset."""

@@ -295,6 +295,17 @@ class Recommender:
         immutable lists and Python mirrors of the deletion/kind state (a set and a list, each
         read once; single updates to them are atomic under the GIL), so the answer reflects a
         concurrent ``mark_deleted`` or not, as a call just before or after it would."""
+        found = self.stored_top(user, n, kind)
+        if found is None:
+            return None
+        names = self.model.item_ids
+        return Recommendations(tuple((names[i], s) for i, s in zip(*found, strict=True)), False)
+
+    def stored_top(
+        self, user: str, n: int = 10, kind: str | None = None
+    ) -> tuple[list[int], list[float]] | None:
+        """``recommend_stored`` as the model's item indices and their scores, for a server
+        that encodes answers from per-index fragments."""
         top = self.model.top_items
         scores = self.model.top_scores
         u = self._user_index.get(user)
@@ -311,7 +322,7 @@ class Recommender:
         if kind is not None:
             code = self._kind_codes.get(kind)
             if code is None:
-                return Recommendations((), False)
+                return [], []
         deleted, kinds = self._deleted_model, self._kind_list
         while True:
             picked: list[int] = []
@@ -329,9 +340,12 @@ class Recommender:
                 return None  # the list was cut at its length: items beyond it may qualify
             span = width
             row = top[u].tolist()
-        names = self.model.item_ids
-        values = scores[u, : picked[-1] + 1].tolist() if picked else []
-        return Recommendations(tuple((names[row[p]], values[p]) for p in picked), False)
+        if not picked:
+            return [], []
+        if picked[-1] == len(picked) - 1:  # nothing filtered out: the head as it is
+            return row[: len(picked)], scores[u, : len(picked)].tolist()
+        values = scores[u, : picked[-1] + 1].tolist()
+        return [row[p] for p in picked], [values[p] for p in picked]
 
     def recommend_batch(
         self,

@@ -127,6 +127,17 @@ async def test_precomputed_lists_respect_deletions_kind_and_owned(
     after = [i["asset"] for i in (await recs(one, user, limit="10"))["items"]]
     assert gone not in after
     assert after[:9] == stored.ids[1:]
+    # A renamed asset: the cached fragments of the answer follow.
+    renamed = stored.ids[1]
+    async with one.app[CATALOG].engine.begin() as conn:
+        await conn.execute(
+            update(assets)
+            .where(assets.c.id == uuid.UUID(renamed))
+            .values(name="Renamed", updated_at=datetime.now(UTC))
+        )
+    await service.refresh()
+    first = (await recs(one, user, limit="10"))["items"][0]
+    assert (first["asset"], first["name"]) == (renamed, "Renamed")
     props = (await recs(one, user, limit="5", kind="prop"))["items"]
     assert props
     assert {i["kind"] for i in props} == {"prop"}

@@ -154,8 +154,11 @@ class RecommenderCatalog:
         query = select(events).where(events.c.recorded_at <= upto)
         if after is not None:
             at, last = after
+            # The redundant ``>= at`` gives SQLite one index range instead of a MULTI-INDEX OR
+            # whose matches it would sort whole before taking a page.
             query = query.where(
-                (events.c.recorded_at > at) | and_(events.c.recorded_at == at, events.c.id > last)
+                events.c.recorded_at >= at,
+                (events.c.recorded_at > at) | and_(events.c.recorded_at == at, events.c.id > last),
             )
         else:
             query = query.where(events.c.recorded_at.is_not(None))
