@@ -4,6 +4,7 @@ its own process, rankings and similar assets out; the trainer's lease."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import uuid
 from collections import Counter
@@ -14,13 +15,15 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import update
+from aiohttp.test_utils import TestClient, TestServer
+from sqlalchemy import select, update
 
 from blobstore import Digest
-from origin import Config
+from origin import Config, create_app
 from origin.appkeys import CATALOG, STORE, TOKENS
 from origin.catalog import Catalog, RecommenderCatalog, upgrade
-from origin.catalog.schema import assets
+from origin.catalog.schema import assets, models
+from origin.catalog.sql import utc
 from origin.recommend_routes import BUFFER, RECOMMENDER
 from origin.trainer import LEASE, Trainer, TrainerBusy
 from recommender import SyntheticConfig, SyntheticData, generate
@@ -57,10 +60,13 @@ class World:
 
 
 def make_config(tmp_path: Path, catalog_url: str, **extra: Any) -> Config:
+    settings: dict[str, Any] = {
+        "recommender_train_interval": 0, "recommender_factors": 16,
+        "recommender_iterations": 10,
+    }  # fmt: skip
     return Config(
         data_dir=tmp_path / "data", admin_token=ADMIN_TOKEN, database_url=catalog_url,
-        recommender_train_interval=0, recommender_factors=16, recommender_iterations=10,
-        **extra,
+        **(settings | extra),
     ).validate()  # fmt: skip
 
 
@@ -268,3 +274,75 @@ async def test_an_expired_lease_is_taken_over(catalog_url: str) -> None:
     await leases.release_lease("x", "b")
     assert await leases.lease_holder("x") is None
     await catalog.close()
+
+
+async def test_a_long_run_renews_its_lease(api: Client, catalog_url: str, tmp_path: Path) -> None:
+    """A run that lasts several lease TTLs keeps the lease (renewed every third of the TTL):
+    no other trainer can start meanwhile, and the lease is released at the end."""
+    await load_world(api, SyntheticConfig(n_users=50, n_items=20, n_events=500, communities=2))
+    config = make_config(tmp_path, catalog_url, recommender_lease_ttl=1.0)
+    catalog, store = api.app[CATALOG], api.app[STORE]
+    gate = asyncio.Event()
+
+    async def long_preparation() -> None:  # runs inside the run, after renewing has begun
+        await gate.wait()
+
+    first = Trainer(config, catalog, store, before=long_preparation)
+    second = Trainer(config, catalog, store)
+    rcatalog = RecommenderCatalog(catalog.engine)
+    run = await first.start()
+    for _ in range(3):  # three TTLs: without renewals the lease would have run out twice
+        await asyncio.sleep(config.recommender_lease_ttl)
+        with pytest.raises(TrainerBusy) as busy:
+            await second.start()
+        assert busy.value.holder == first.holder
+        holder = await rcatalog.lease_holder(LEASE)
+        assert holder is not None
+        assert holder[0] == first.holder
+        assert holder[1] > datetime.now(UTC)
+    assert first.running
+    gate.set()
+    record = await run
+    assert await rcatalog.latest_model() == record
+    assert await rcatalog.lease_holder(LEASE) is None
+
+
+async def test_training_runs_on_a_schedule_one_run_at_a_time(
+    catalog_url: str, tmp_path: Path
+) -> None:
+    """Two workers with ``recommender_train_interval``: models appear without anyone asking,
+    from one run at a time (the lease), at least half an interval apart (a worker that wakes
+    just after another's run skips), and every worker serves the newest."""
+    catalog = Catalog.connect(catalog_url)
+    await upgrade(catalog.engine)
+    await catalog.close()
+    interval = 2.0
+    config = make_config(tmp_path, catalog_url, recommender_train_interval=interval)
+    async with (
+        TestClient(TestServer(create_app(config))) as one,
+        TestClient(TestServer(create_app(config))) as two,
+    ):
+        await load_world(one, SyntheticConfig(n_users=60, n_items=24, n_events=600,
+                                              communities=2, seed=4))  # fmt: skip
+        engine = one.app[CATALOG].engine
+        query = select(models.c.trained_at, models.c.details).order_by(models.c.trained_at)
+        rows: list[Any] = []
+        for _ in range(900):
+            async with engine.connect() as conn:
+                rows = list(await conn.execute(query))
+            if len(rows) >= 3:
+                break
+            await asyncio.sleep(0.1)
+        assert len(rows) >= 3, rows
+        runs = [(datetime.fromisoformat(r.details["started_at"]), utc(r.trained_at)) for r in rows]
+        for (_, done), (start, _) in itertools.pairwise(runs):
+            assert start >= done  # never two runs at once
+        for earlier, later in itertools.pairwise(rows):
+            assert (later.trained_at - earlier.trained_at).total_seconds() >= interval / 2, rows
+        newest = await RecommenderCatalog(engine).latest_model()
+        assert newest is not None
+        for worker in (one, two):
+            await worker.app[RECOMMENDER].refresh()
+            loaded = worker.app[RECOMMENDER].loaded
+            assert loaded is not None
+            assert loaded.record.id == newest.id
