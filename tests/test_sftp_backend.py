@@ -28,6 +28,7 @@ from blobstore import (
     StorageFull,
 )
 from blobstore.sftp import BackendUnavailable, SftpBackend
+from blobstore.sshtune import buffer_padding_randomness, coalesce_writes
 
 from .sshd_server import SshdServer, keygen
 
@@ -253,15 +254,19 @@ async def test_sshd_killed_mid_upload(sftp: SftpBackend, running: SshdServer, ro
     assert files_under(root, "blobs") == []
     running.start()
     assert (await sftp.put(chunks_of(b"after the outage"))).created  # the same instance
-    # The half-written temp file stays (the connection to remove it was gone) until a start,
-    # here by another node, finds it old enough to be sure no upload is still writing it.
+    # The half-written temp file, and the metadata's opened beside it, stay (the connection to
+    # remove them was gone) until a start, here by another node, finds them old enough to be
+    # sure no upload is still writing them.
     left = files_under(root, "tmp")
-    assert len(left) == 1
+    assert sorted(name.endswith(".meta.part") for name in left) == [False, True]
+    # 8 blocks were received; the last one is held back for the commit, the 7th may be in flight.
+    assert sum((root / "tmp" / name).stat().st_size for name in left) >= 6 * CHUNK
     two_hours_ago = time.time() - 7200
-    os.utime(root / "tmp" / left[0], (two_hours_ago, two_hours_ago))
+    for name in left:
+        os.utime(root / "tmp" / name, (two_hours_ago, two_hours_ago))
     other_node = make_backend(running, root)
     try:
-        assert await other_node.start() == 1
+        assert await other_node.start() == 2
     finally:
         await other_node.close()
     assert files_under(root, "tmp") == []
@@ -475,3 +480,44 @@ def test_urls() -> None:
     assert (b.host, b.port, b.root) == ("store.example", 22, "/srv/blobs")
     b = SftpBackend.from_url("sftp://store.example:2222/~/assets", client_keys=[], known_hosts=None)
     assert (b.port, b.root) == (2222, "assets")
+
+
+async def test_asyncssh_tuning_is_in_effect(running: SshdServer, root: Path) -> None:
+    """blobstore.sshtune reaches into asyncssh's internals (pinned): if an upgrade moves them,
+    this fails instead of the uploads silently getting slower."""
+    assert buffer_padding_randomness()
+    packet_os: Any = vars(asyncssh.connection)["os"]
+    assert packet_os is not os
+    padding = packet_os.urandom(16)
+    assert len(padding) == 16
+    assert padding != packet_os.urandom(16)
+    conn = await asyncssh.connect(
+        "127.0.0.1",
+        running.port,
+        username=running.user,
+        client_keys=[str(running.client_key)],
+        known_hosts=str(running.known_hosts),
+        config=[],
+        agent_path=None,
+    )
+    try:
+        transport: Any = conn._transport
+        writes = 0
+        write = transport.write
+
+        def counting(data: bytes) -> None:
+            nonlocal writes
+            writes += 1
+            write(data)
+
+        transport.write = counting
+        assert coalesce_writes(conn)
+        async with conn.start_sftp_client() as client:
+            writes = 0
+            # 32 requests (64 packets with asyncssh's ignore packets) sent in one loop turn.
+            found = await asyncio.gather(*(client.exists(str(root / str(i))) for i in range(32)))
+        assert found == [False] * 32
+        assert 1 <= writes <= 4
+    finally:
+        conn.close()
+        await conn.wait_closed()

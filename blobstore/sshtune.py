@@ -1,0 +1,106 @@
+"""Two per-packet costs of asyncssh that bulk uploads pay for every 32 KiB, taken out.
+
+Every SSH packet that asyncssh sends is preceded by an empty ``SSH_MSG_IGNORE`` packet (a
+traffic-analysis countermeasure), so one SFTP request is two packets, and a 1 MiB write, cut
+into the server's 32 KiB channel packets, is 64. For each packet asyncssh
+
+- calls ``os.urandom`` for the few bytes of random padding: a ``getrandom`` system call that
+  also releases and retakes the GIL (with the hashing threads waiting for it, a hand-off);
+- hands the packet to the transport on its own: one ``send()`` system call.
+
+Profiles of the origin's workers had these two among the largest items of the event loop's
+time (docs/BENCHMARKS.md, bulk upload). Here
+
+- ``coalesce_writes`` joins the packets produced during one turn of the event loop and writes
+  them once at the start of the next turn: the same bytes in the same order, so the SSH stream
+  is unchanged; only the system calls are fewer;
+- ``buffer_padding_randomness`` gives asyncssh's packet code an ``os`` whose ``urandom`` serves
+  from 64 KiB fetched from ``os.urandom`` at a time: the same kernel CSPRNG bytes, each used
+  once; a forked child starts with an empty buffer.
+
+Both reach into asyncssh's internals (``SSHConnection._send``, the ``os`` name in
+``asyncssh.connection``); asyncssh is pinned in pyproject.toml, and tests/test_sftp_backend.py
+checks that both are in effect. Where the internals are not what they expect, nothing changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+from types import ModuleType
+from typing import Any
+
+import asyncssh
+import asyncssh.connection
+
+_RANDOM_BATCH = 64 * 1024
+
+
+def coalesce_writes(conn: asyncssh.SSHClientConnection) -> bool:
+    """Batch ``conn``'s socket writes per loop turn; False when asyncssh's internals differ."""
+    transport: Any = getattr(conn, "_transport", None)
+    # Duck-typed: uvloop's transports (the origin runs on uvloop) are not asyncio's classes.
+    needed = [(transport, "write"), (transport, "is_closing"), (conn, "_send")]
+    if not all(callable(getattr(obj, name, None)) for obj, name in needed):
+        return False
+    loop = asyncio.get_running_loop()
+    pending: list[bytes] = []
+
+    def flush() -> None:
+        data = b"".join(pending)
+        pending.clear()
+        # Dropped after close or abort, as asyncssh's own _send drops them once its transport
+        # is gone; a disconnect queued before an abort is flushed first (call_soon is FIFO).
+        if not transport.is_closing():
+            with contextlib.suppress(ConnectionError):
+                transport.write(data)
+
+    def send(data: bytes) -> None:
+        if not pending:
+            loop.call_soon(flush)
+        pending.append(data)
+
+    conn._send = send  # type: ignore[method-assign]
+    return True
+
+
+class _BufferedRandomOs(ModuleType):
+    """``os`` for asyncssh.connection, with a batched ``urandom``."""
+
+    def __init__(self) -> None:
+        super().__init__("os")
+        self._buf = bytearray()
+        self._lock = threading.Lock()  # connections may live in several threads' loops
+        os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        # A child must not reuse its parent's bytes (nor inherit a held lock).
+        self._buf = bytearray()
+        self._lock = threading.Lock()
+
+    def urandom(self, n: int) -> bytes:
+        if n > _RANDOM_BATCH // 4:
+            return os.urandom(n)
+        with self._lock:
+            if len(self._buf) < n:
+                self._buf = bytearray(os.urandom(_RANDOM_BATCH))
+            out = bytes(self._buf[:n])
+            del self._buf[:n]
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+
+def buffer_padding_randomness() -> bool:
+    """Install the batched ``urandom`` for asyncssh's packets (idempotent)."""
+    module: Any = asyncssh.connection
+    current = getattr(module, "os", None)
+    if isinstance(current, _BufferedRandomOs):
+        return True
+    if current is not os:
+        return False
+    module.os = _BufferedRandomOs()
+    return True
