@@ -93,8 +93,17 @@ class DiskCache:
 
         def connect() -> None:
             self._db = sqlite3.connect(self.root / "lru.sqlite", check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA busy_timeout=5000")
+            # Workers of one node share the file; switching a new database to WAL while another
+            # worker does the same can answer "locked" without waiting for the busy timeout.
+            for attempt in range(50):
+                try:
+                    self._db.execute("PRAGMA journal_mode=WAL")
+                    break
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or attempt == 49:
+                        raise
+                    time.sleep(0.05)  # in the executor thread, not on the loop
             self._db.executescript(_SCHEMA)
 
         await asyncio.get_running_loop().run_in_executor(self._sql, connect)
