@@ -43,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--exclude", action="append", default=[], help="gitignore-style pattern")
     up.add_argument("--ignore-file", default=".originignore", help="read in each directory given")
     up.add_argument("-j", "--jobs", type=int, default=4, help="parallel upload streams")
+    up.add_argument(
+        "--small-jobs", type=int, help="parallel uploads of files up to 1 MiB (default: 4 x -j)"
+    )
     up.add_argument("--retries", type=int, default=5, help="attempts per request")
     up.add_argument("--dry-run", action="store_true", help="say what would be uploaded")
     up.add_argument("--manifest", type=Path, help="write path -> digest, size, asset id (JSON)")
@@ -93,6 +96,7 @@ def _upload_command(args: argparse.Namespace) -> int:
         url=args.url.rstrip("/"),
         token=args.token,
         jobs=max(1, args.jobs),
+        small_jobs=None if args.small_jobs is None else max(1, args.small_jobs),
         excludes=args.exclude,
         ignore_file=args.ignore_file,
         dry_run=args.dry_run,

@@ -31,6 +31,10 @@ from tenacity import wait_exponential_jitter as jitter
 
 MISSING_BATCH = 1000
 READ_BLOCK = 1 << 20
+# Files up to this size are read whole (one thread hop) and sent as one body; their upload is
+# mostly waiting for the origin's round trips to the store, so more of them go at once.
+SMALL_FILE = 1 << 20
+SMALL_PER_JOB = 4
 RACY_NS = 2_000_000_000
 # glTF media types, which the mimetypes module does not know everywhere.
 MEDIA_TYPES = {".glb": "model/gltf-binary", ".gltf": "model/gltf+json", ".tscn": "text/plain"}
@@ -61,6 +65,7 @@ class Options:
     url: str
     token: str | None
     jobs: int = 4
+    small_jobs: int | None = None  # None: SMALL_PER_JOB x jobs
     excludes: Sequence[str] = ()
     ignore_file: str = ".originignore"
     dry_run: bool = False
@@ -328,9 +333,19 @@ class Client:
                         progress.advance(len(block))
                         yield block
 
+            payload: bytes | AsyncIterator[bytes]
+            if item.size <= SMALL_FILE:
+                payload = await asyncio.to_thread(item.path.read_bytes)
+                if len(payload) != item.size:  # changed since it was hashed
+                    raise RuntimeError(f"changed since it was hashed ({item.size} bytes then)")
+                sent = len(payload)
+                progress.advance(sent)
+            else:
+                payload = body()
+
             try:
                 async with self._session.put(
-                    f"{self._options.url}/blobs/{item.digest}", data=body(), headers=headers
+                    f"{self._options.url}/blobs/{item.digest}", data=payload, headers=headers
                 ) as resp:
                     await _answer(resp)
             except (aiohttp.ClientError, Transient) as exc:
@@ -394,10 +409,14 @@ async def upload(items: list[Item], options: Options) -> Summary:
             print(f"would upload {len(todo)} blobs, {sum(i.size for i in todo)} bytes")
         else:
             with Progress(len(todo), sum(i.size for i in todo), live) as progress:
-                gate = asyncio.Semaphore(options.jobs)
+                # Largest first, so that the run does not end on one big file alone; small files
+                # have gates of their own and fill the gaps from the start.
+                todo.sort(key=lambda i: i.size, reverse=True)
+                streams = asyncio.Semaphore(options.jobs)
+                small = asyncio.Semaphore(options.small_jobs or SMALL_PER_JOB * options.jobs)
 
                 async def one(item: Item) -> None:
-                    async with gate:
+                    async with small if item.size <= SMALL_FILE else streams:
                         try:
                             await client.put(item, progress)
                             item.uploaded = True
