@@ -206,8 +206,15 @@ class Result:
     def pct(self, cpu: float) -> float:
         return 100 * cpu / self.seconds
 
+    def ms_per_mib(self, cpu: float) -> float:
+        """CPU milliseconds per MiB moved: what the 2 shared cores pay for each byte."""
+        return 1000 * cpu / (self.bytes / MiB)
+
     def row(self) -> dict[str, Any]:
         return {
+            "origin_ms_per_mib": round(self.ms_per_mib(self.origin_cpu), 2),
+            "sshd_ms_per_mib": round(self.ms_per_mib(self.sshd_cpu), 2),
+            "client_ms_per_mib": round(self.ms_per_mib(self.client_cpu), 2),
             **asdict(self),
             "mib_s": round(self.mib_s, 1),
             "files_s": round(self.files_s, 1),
@@ -276,7 +283,9 @@ def timed(
 # -- the contenders ---------------------------------------------------------------------------
 
 
-def sftp_batch(tree: Path, plan: list[TreeFile], remote: Path) -> str:
+def sftp_batch(tree: Path, plan: list[TreeFile], remote: Path, fsync: bool = False) -> str:
+    """``fsync``: ``put -f``, which asks the server to fsync each file (fsync@openssh.com), as
+    the origin does before it answers a PUT; plain ``put`` leaves the bytes in the page cache."""
     lines = [f"-mkdir {remote}"]
     dirs = sorted({str(Path(f.rel).parent) for f in plan})
     seen: set[str] = set()
@@ -287,7 +296,8 @@ def sftp_batch(tree: Path, plan: list[TreeFile], remote: Path) -> str:
             if sub not in seen:
                 seen.add(sub)
                 lines.append(f"-mkdir {remote / sub}")
-    lines += [f"put {tree / f.rel} {remote / f.rel}" for f in plan]
+    put = "put -f" if fsync else "put"
+    lines += [f"{put} {tree / f.rel} {remote / f.rel}" for f in plan]
     return "\n".join(lines) + "\n"
 
 
@@ -384,16 +394,19 @@ def run(args: argparse.Namespace, work: Path) -> Bench:
     out = work / "commands.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORIGIN_")}
     try:
-        for i, variant in enumerate(args.sftp_variant):
+        variants = [(v, False) for v in args.sftp_variant]
+        variants += [(v, True) for v in args.sftp_fsync_variant]
+        for i, (variant, fsync) in enumerate(variants):
             remote = sshd.root / f"sftp-b-{i}"
             batch = work / f"batch-{i}.txt"
-            batch.write_text(sftp_batch(tree, plan, remote))
+            batch.write_text(sftp_batch(tree, plan, remote, fsync))
             extra = shlex.split(variant)
-            wait_quiet(args.quiet_idle, args.quiet_wait, f"sftp {variant}")
+            name = f"sftp -b {variant}".strip() + (", put -f (fsync each file)" if fsync else "")
+            wait_quiet(args.quiet_idle, args.quiet_wait, name)
             warm = read_tree(tree, plan)
-            log(f"sftp -b {variant or '(defaults)'} (tree read in {warm:.1f}s)")
+            log(f"{name} (tree read in {warm:.1f}s)")
             result = timed(
-                f"sftp -b {variant}".strip(), sftp_cmd(sshd, batch, args.cipher, extra),
+                name, sftp_cmd(sshd, batch, args.cipher, extra),
                 env=env, out=out, origin_pid=0, sshd_pid=sshd.proc.pid, sshd_log=sshd_log,
                 files=len(plan), nbytes=total, jobs=1,
             )  # fmt: skip
@@ -494,15 +507,16 @@ def machine(args: argparse.Namespace) -> dict[str, str]:
 def table(bench: Bench) -> str:
     head = (
         "| run | jobs | wall s | MiB/s | files/s | origin CPU% | sshd CPU% | client CPU% "
-        "| other CPU% | sync after, s | cipher (key exchanges) |"
+        "| other CPU% | CPU ms/MiB origin+sshd+client | sync after, s | cipher (key exchanges) |"
     )
-    lines = [head, "|" + "---|" * 11]
+    lines = [head, "|" + "---|" * 12]
     for r in bench.results:
         row = r.row()
         lines.append(
             f"| {r.name} | {r.jobs} | {r.seconds:.2f} | {r.mib_s:.1f} | {r.files_s:.1f} "
             f"| {row['origin_cpu_pct']} | {row['sshd_cpu_pct']} | {row['client_cpu_pct']} "
-            f"| {row['other_cpu_pct']} | {r.sync_seconds:.1f} "
+            f"| {row['other_cpu_pct']} | {row['origin_ms_per_mib']:.2f}"
+            f"+{row['sshd_ms_per_mib']:.2f}+{row['client_ms_per_mib']:.2f} | {r.sync_seconds:.1f} "
             f"| {', '.join(r.ciphers) or '-'} ({r.key_exchanges}) |"
         )
     return "\n".join(lines)
@@ -536,6 +550,10 @@ def main(argv: list[str] | None = None) -> int:
         "--sftp-variant", action="append",
         help="extra sftp options, one run each (repeatable; default: '' and '-B 261120 -R 128')",
     )  # fmt: skip
+    p.add_argument(
+        "--sftp-fsync-variant", action="append",
+        help="like --sftp-variant, with put -f: the server fsyncs each file (default: '')",
+    )  # fmt: skip
     p.add_argument("--cipher", default="aes128-gcm@openssh.com", help="sftp -o Ciphers=")
     p.add_argument("--origin", default=str(DEFAULT_ORIGIN), help="the origin executable")
     p.add_argument("--origin-env", action="append", default=[], help="KEY=VALUE for the origin")
@@ -547,6 +565,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     args.jobs = args.jobs or [4]
+    if args.sftp_fsync_variant is None:
+        args.sftp_fsync_variant = [""]
     args.sftp_variant = args.sftp_variant if args.sftp_variant is not None else [
         "", "-B 261120 -R 128"]  # fmt: skip
     need = sum(f.size for f in plan_tree(args.files, args.min_size, args.max_size, args.seed))
