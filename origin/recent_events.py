@@ -17,7 +17,11 @@ Where they come from:
 
 A training run includes exactly the events recorded at or before its cutoff (origin.trainer),
 so after a swap the events up to the new cutoff are dropped here and nothing counts twice.
-Memory grows with the events since the last training (a few hundred bytes each).
+Memory grows with the events since the last training (about 200 bytes each). They are kept
+as tuples of ints, strings, floats and datetimes, not as ``EventRecord``s with ``UUID``s: the
+garbage collector stops tracking such tuples (and dicts of them), whereas a million tracked
+records made every full collection scan them all, which took about a quarter of a worker's
+CPU during a fast ingest (measured with gc.callbacks).
 
 Before the first model every event is newer than "the model": the tail reads from the start,
 and the popularity fallback leaves out what each user already has from these (there is no
@@ -38,8 +42,10 @@ _LAST_ID = uuid.UUID(int=(1 << 128) - 1)
 # Rows per tail query. Turning rows into records runs on the event loop (~10 us a row), so a
 # page is also the longest the tail holds the loop: 2,000 rows ~ 20 ms.
 _PAGE = 2_000
-# Events kept before a first model exists (~300 bytes each).
+# Events kept before a first model exists (~200 bytes each).
 PRE_MODEL_MAX = 200_000
+# One kept event: (asset id as an int, kind, weight, at, recorded_at). Only untracked types.
+_Kept = tuple[int, str, float, datetime, datetime | None]
 
 
 class RecentEvents:
@@ -48,12 +54,18 @@ class RecentEvents:
         self._lag = timedelta(seconds=commit_lag)
         self.cutoff: datetime | None = None  # None: no model yet, everything is kept
         self._cursor: tuple[datetime, uuid.UUID] | None = None  # None: from the start
-        self._by_user: dict[str, dict[uuid.UUID, EventRecord]] = {}
+        # user -> event id (as an int) -> _Kept
+        self._by_user: dict[str, dict[int, _Kept]] = {}
         self.count = 0
 
-    def for_user(self, user: str) -> Iterable[EventRecord]:
+    def for_user(self, user: str) -> list[EventRecord]:
         events = self._by_user.get(user)
-        return () if events is None else events.values()
+        if events is None:
+            return []
+        return [
+            EventRecord(uuid.UUID(int=key), user, uuid.UUID(int=a), kind, weight, at, recorded)
+            for key, (a, kind, weight, at, recorded) in events.items()
+        ]
 
     def has(self, user: str) -> bool:
         return user in self._by_user
@@ -63,11 +75,7 @@ class RecentEvents:
         previous = self.cutoff
         self.cutoff = cutoff
         for user in list(self._by_user):
-            kept = {
-                k: e
-                for k, e in self._by_user[user].items()
-                if e.recorded_at is None or e.recorded_at > cutoff
-            }
+            kept = {k: e for k, e in self._by_user[user].items() if e[4] is None or e[4] > cutoff}
             if kept:
                 self._by_user[user] = kept
             else:
@@ -88,13 +96,14 @@ class RecentEvents:
         for e in batch:
             if self.cutoff is None and self.count >= PRE_MODEL_MAX:
                 return
-            self._add(EventRecord(e.id, e.user, e.asset, e.kind, e.weight, e.at, recorded_at))
+            self._add(e, recorded_at)
 
-    def _add(self, event: EventRecord) -> None:
+    def _add(self, event: EventRecord, recorded_at: datetime | None) -> None:
         events = self._by_user.setdefault(event.user, {})
-        if event.id not in events:
+        key = event.id.int
+        if key not in events:
             self.count += 1
-        events[event.id] = event
+        events[key] = (event.asset.int, event.kind, event.weight, event.at, recorded_at)
 
     async def poll(self) -> int:
         """Read what was recorded since the last poll (up to ``now - commit_lag``)."""
@@ -104,16 +113,21 @@ class RecentEvents:
             cursor, cutoff = self._cursor, self.cutoff
             if cutoff is None and self.count >= PRE_MODEL_MAX:
                 return read  # the bound before a first model; set_cutoff moves the cursor
-            page = await self._catalog.events_recorded(cursor, upto, _PAGE)
+            page = await self._catalog.recorded_rows(cursor, upto, _PAGE)
             if self._cursor != cursor or self.cutoff != cutoff:
                 return read  # a model swap moved the cursor meanwhile; the next poll goes on
-            for event in page:
-                if cutoff is None or (event.recorded_at is not None and event.recorded_at > cutoff):
-                    self._add(event)
+            by_user = self._by_user
+            for key, user, asset, kind, weight, at, recorded in page:
+                if cutoff is None or recorded > cutoff:
+                    events = by_user.get(user)
+                    if events is None:
+                        events = by_user[user] = {}
+                    if key not in events:
+                        self.count += 1
+                    events[key] = (asset, kind, weight, at, recorded)
             read += len(page)
             if page:
                 last = page[-1]
-                assert last.recorded_at is not None
-                self._cursor = (last.recorded_at, last.id)
+                self._cursor = (last[6], uuid.UUID(int=last[0]))
             if len(page) < _PAGE:
                 return read

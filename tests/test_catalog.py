@@ -8,7 +8,7 @@ import logging
 import re
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import blake3
@@ -21,6 +21,8 @@ from origin.catalog import (
     AssetChanges,
     AssetNotFound,
     Catalog,
+    EventRecord,
+    RecommenderCatalog,
     SchemaMismatch,
     UnknownBlob,
     VersionConflict,
@@ -123,6 +125,36 @@ async def test_events_keep_only_the_index_the_tail_reads(catalog_url: str) -> No
         assert await _event_indexes(cat) == {"ix_events_recorded_at"}
     finally:
         await cat.close()
+
+
+async def test_the_tails_rows_are_the_recorded_events(catalog: Catalog) -> None:
+    """``recorded_rows`` (plain tuples, parsed by hand on SQLite) says what ``events_recorded``
+    says, page by page along the keyset cursor."""
+    rcatalog = RecommenderCatalog(catalog.engine)
+    base = datetime(2025, 1, 1, 12, tzinfo=UTC)
+    batch = [
+        EventRecord(uuid.uuid4(), f"u{n % 3}", uuid.uuid4(), "use", 1.5 + n,
+                    base + timedelta(seconds=n, microseconds=1234 * n))
+        for n in range(7)
+    ]  # fmt: skip
+    await rcatalog.add_events(batch[:4])
+    await rcatalog.add_events(batch[4:])
+    upto = datetime.now(UTC) + timedelta(seconds=1)
+    after = None
+    for expected in (5, 2, 0):
+        records = await rcatalog.events_recorded(after, upto, 5)
+        rows = await rcatalog.recorded_rows(after, upto, 5)
+        assert len(rows) == expected
+        assert rows == [
+            (e.id.int, e.user, e.asset.int, e.kind, e.weight, e.at, e.recorded_at) for e in records
+        ]
+        if records:
+            assert records[-1].recorded_at is not None
+            after = (records[-1].recorded_at, records[-1].id)
+    stored = {e.id: e for e in await rcatalog.events_recorded(None, upto)}
+    assert {e.id: (e.user, e.asset, e.weight, e.at) for e in batch} == {
+        k: (e.user, e.asset, e.weight, e.at) for k, e in stored.items()
+    }
 
 
 async def test_a_newer_schema_is_refused(catalog: Catalog) -> None:
