@@ -2,7 +2,9 @@
 
 Default size is the issue's target: 1,000,000 users x 200,000 assets x 20,000,000 events.
 
-1. Setup (skipped with ``--reuse`` when WORK already holds it):
+1. Setup (skipped with ``--reuse`` when WORK already holds it; then the catalog is migrated to
+   head and the events earlier runs posted are deleted, so every run starts from the setup's
+   state):
    * synthetic events (``recommender.generate``, seeded);
    * an ALS model trained on them in this process (``recommender.train``; kept in
      WORK/model-raw.bin and reused when the sizes match, since it is the slow part), then each
