@@ -116,18 +116,23 @@ def _origin(data_dir: Path, **env: str) -> LiveOrigin:
     return LiveOrigin(data_dir=data_dir, env={"ORIGIN_ACCESS_LOG": "true", **env}).start()
 
 
-@pytest.fixture(scope="module")
-def cached(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveOrigin, EdgeNginx]]:
-    """Cache mode: an origin and the edge in front of it, shared by the module's tests."""
-    root = tmp_path_factory.mktemp("edge")
-    origin = _origin(root / "data")
-    edge = EdgeNginx(root / "nginx", [f"127.0.0.1:{origin.port}"], workers=2)
+def _running(origin: LiveOrigin, edge: EdgeNginx) -> Iterator[tuple[LiveOrigin, EdgeNginx]]:
+    """A fixture's body: the edge started in front of the (started) origin, both stopped after."""
     try:
         edge.start()
         yield origin, edge
     finally:
         edge.stop()
         origin.stop()
+
+
+@pytest.fixture(scope="module")
+def cached(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveOrigin, EdgeNginx]]:
+    """Cache mode: an origin and the edge in front of it, shared by the module's tests."""
+    root = tmp_path_factory.mktemp("edge")
+    origin = _origin(root / "data")
+    edge = EdgeNginx(root / "nginx", [f"127.0.0.1:{origin.port}"], workers=2)
+    yield from _running(origin, edge)
 
 
 @pytest.fixture(scope="module")
@@ -142,12 +147,7 @@ def accel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveOrigin
         accel_prefix="/_accel/",
         accel_root=root / "data" / "blobs",
     )
-    try:
-        edge.start()
-        yield origin, edge
-    finally:
-        edge.stop()
-        origin.stop()
+    yield from _running(origin, edge)
 
 
 @pytest.fixture(scope="module")
@@ -164,12 +164,7 @@ def direct(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveOrigi
         accel_root=root / "data" / "blobs",
         direct=True,
     )
-    try:
-        edge.start()
-        yield origin, edge
-    finally:
-        edge.stop()
-        origin.stop()
+    yield from _running(origin, edge)
 
 
 # -- the template -----------------------------------------------------------------------------
