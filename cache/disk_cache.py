@@ -25,6 +25,8 @@ from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_fixed
+
 from blobstore import (
     DEFAULT_CONTENT_TYPE,
     NOTHING_EXPECTED,
@@ -96,14 +98,15 @@ class DiskCache:
             self._db.execute("PRAGMA busy_timeout=5000")
             # Workers of one node share the file; switching a new database to WAL while another
             # worker does the same can answer "locked" without waiting for the busy timeout.
-            for attempt in range(50):
-                try:
+            # (This runs in the executor thread: tenacity's sleep does not block the loop.)
+            for attempt in Retrying(
+                retry=retry_if_exception(_locked),
+                stop=stop_after_attempt(50),
+                wait=wait_fixed(0.05),
+                reraise=True,
+            ):
+                with attempt:
                     self._db.execute("PRAGMA journal_mode=WAL")
-                    break
-                except sqlite3.OperationalError as exc:
-                    if "locked" not in str(exc) or attempt == 49:
-                        raise
-                    time.sleep(0.05)  # in the executor thread, not on the loop
             self._db.executescript(_SCHEMA)
 
         await asyncio.get_running_loop().run_in_executor(self._sql, connect)
@@ -290,3 +293,7 @@ def _record(db: sqlite3.Connection, digest_hex: str, size: int, atime: float) ->
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:
     yield data
+
+
+def _locked(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
