@@ -2,7 +2,7 @@
 
 The padding moves where nginx's proxy_cache file puts the body (after its own header, the
 key and the upstream's raw response headers), so one run can compare a page-aligned body
-with unaligned ones; see run.sh.
+with unaligned ones; see alignment.sh.
 """
 
 import sys
