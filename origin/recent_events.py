@@ -96,14 +96,15 @@ class RecentEvents:
         for e in batch:
             if self.cutoff is None and self.count >= PRE_MODEL_MAX:
                 return
-            self._add(e, recorded_at)
+            self._keep(e.user, e.id.int, (e.asset.int, e.kind, e.weight, e.at, recorded_at))
 
-    def _add(self, event: EventRecord, recorded_at: datetime | None) -> None:
-        events = self._by_user.setdefault(event.user, {})
-        key = event.id.int
+    def _keep(self, user: str, key: int, kept: _Kept) -> None:
+        events = self._by_user.get(user)
+        if events is None:
+            events = self._by_user[user] = {}
         if key not in events:
             self.count += 1
-        events[key] = (event.asset.int, event.kind, event.weight, event.at, recorded_at)
+        events[key] = kept
 
     async def poll(self) -> int:
         """Read what was recorded since the last poll (up to ``now - commit_lag``)."""
@@ -116,15 +117,9 @@ class RecentEvents:
             page = await self._catalog.recorded_rows(cursor, upto, _PAGE)
             if self._cursor != cursor or self.cutoff != cutoff:
                 return read  # a model swap moved the cursor meanwhile; the next poll goes on
-            by_user = self._by_user
             for key, user, asset, kind, weight, at, recorded in page:
                 if cutoff is None or recorded > cutoff:
-                    events = by_user.get(user)
-                    if events is None:
-                        events = by_user[user] = {}
-                    if key not in events:
-                        self.count += 1
-                    events[key] = (asset, kind, weight, at, recorded)
+                    self._keep(user, key, (asset, kind, weight, at, recorded))
             read += len(page)
             if page:
                 last = page[-1]

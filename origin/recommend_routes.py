@@ -242,10 +242,7 @@ async def post_events(request: web.Request) -> web.Response:
     records = [
         EventRecord(event_id, *value)
         for event_id, (_, value) in zip(
-            _event_ids(
-                len(checked),
-                time_ordered=request.app[CATALOG].engine.dialect.name in ("sqlite", "postgresql"),
-            ),
+            _event_ids(len(checked), time_ordered=request.app[CATALOG].time_ordered_keys),
             checked,
             strict=True,
         )

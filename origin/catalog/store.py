@@ -70,6 +70,10 @@ def merge_patch(target: Any, patch: Any) -> Any:
 class Catalog:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        # Whether new keys should be time-ordered (UUIDv7) rather than random: they append to
+        # the primary-key index on SQLite and PostgreSQL; CockroachDB wants random keys, since
+        # sequential ones send every insert to one range (docs/COCKROACHDB.md).
+        self.time_ordered_keys = engine.dialect.name in ("sqlite", "postgresql")
 
     @classmethod
     def connect(cls, url: str) -> Catalog:
