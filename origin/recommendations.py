@@ -273,13 +273,13 @@ class RecommenderService:
         found = recommender.stored_top(user, limit, kind)
         if found is not None:
             fragments, names = loaded.fragments, recommender.model.item_ids
-            parts = []
+            pairs = []
             for index, score in zip(*found, strict=True):
                 pair = fragments[index]
                 if pair is None:
                     pair = fragments[index] = self._fragment(names[index])
-                parts.append(f"{pair[0]}{score!r}{pair[1]}")
-            return f'{{"items":[{",".join(parts)}{loaded.tail}'.encode()
+                pairs.append((pair, score))
+            return _body(pairs, loaded.tail)
         if not recommender.has_history(user):
             return self._fallbacks.get((limit, kind))
         return None
@@ -323,14 +323,8 @@ class RecommenderService:
     ) -> bytes:
         """``{"items": [{asset, score, name, kind}...], "model_version", "fallback"}`` as
         bytes, from cached per-asset fragments."""
-        parts = []
-        fragments = self._fragments
-        for asset, score in items:
-            pair = fragments.get(asset)
-            if pair is None:
-                pair = self._fragment(asset)
-            parts.append(f"{pair[0]}{score!r}{pair[1]}")  # repr(float) is JSON's float
-        return f'{{"items":[{",".join(parts)}{self._answer_end(version, fallback)}'.encode()
+        pairs = [(self._fragment(asset), score) for asset, score in items]
+        return _body(pairs, self._answer_end(version, fallback))
 
     def _fragment(self, asset: str) -> tuple[str, str]:
         """An item's JSON without its score, split around it (cached until the asset
@@ -413,6 +407,12 @@ class RecommenderService:
                 "evaluation": details.get("evaluation"),
             }
         return body
+
+
+def _body(pairs: list[tuple[tuple[str, str], float]], end: str) -> bytes:
+    """An answer's JSON: each item's fragments around its score, then ``end``."""
+    parts = [f"{head}{score!r}{tail}" for (head, tail), score in pairs]  # repr(float) is JSON's
+    return f'{{"items":[{",".join(parts)}{end}'.encode()
 
 
 def _prefault_lists(model: Model) -> None:
