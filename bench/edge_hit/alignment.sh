@@ -6,44 +6,28 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 py=${PYTHON:-$here/../../.venv/bin/python}
-work=$(mktemp -d)
-chmod 755 "$work"  # nginx workers run as nobody: they must write the cache
-trap 'kill $(cat "$work/nginx.pid") 2>/dev/null || true; kill "$up" 2>/dev/null || true; rm -rf "$work"' EXIT
-cat > "$work/nginx.conf" <<CONF
-worker_processes 2;
-daemon on;
-pid $work/nginx.pid;
-error_log $work/error.log;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  proxy_cache_path $work/cache levels=2:2 keys_zone=z:10m;
+source "$here/lib.sh"
+"$py" "$here/upstream.py" 18601 & up=$!
+cleanup_extra="kill $up 2>/dev/null || true"
+sleep 1
+start_nginx '
   upstream up { server 127.0.0.1:18601; keepalive 8; }
   server {
     listen 127.0.0.1:18600 reuseport;
     sendfile on; tcp_nopush on; tcp_nodelay on;
     location /f/ {
       proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection "";
-      proxy_cache z; proxy_cache_key \$uri; proxy_cache_valid 200 1h;
+      proxy_cache z; proxy_cache_key $uri; proxy_cache_valid 200 1h;
       proxy_buffer_size 16k; proxy_buffers 16 16k;
       open_file_cache max=1000 inactive=60s;
     }
-  }
-}
-CONF
-"$py" "$here/upstream.py" 18601 & up=$!
-sleep 1
-nginx -c "$work/nginx.conf" -p "$work"
+  }'
 # Paddings found by trial for nginx 1.22.1 and these keys: body at 4096 (aligned), at 4085
 # (same header size, unaligned), at 555 (no padding).
-urls="d/3549 e/3538 a/10"
-for u in $urls; do curl -s -o /dev/null "http://127.0.0.1:18600/f/$u"; done
+paths="d/3549 e/3538 a/10"
+for p in $paths; do curl -s -o /dev/null "http://127.0.0.1:18600/f/$p"; done
 for f in $(find "$work/cache" -type f); do
   echo "cache file body offset: $(( $(stat -c %s "$f") - 1048576 ))"
 done
-for round in $(seq "${ROUNDS:-3}"); do
-  for u in $urls; do
-    printf 'round %s %-8s ' "$round" "$u"
-    wrk -t2 -c16 -d6s "http://127.0.0.1:18600/f/$u" | grep Transfer/sec
-  done
-done
+# shellcheck disable=SC2086 # the paths are words
+hit_rounds http://127.0.0.1:18600/f $paths

@@ -4,20 +4,11 @@
 # edge's way); wrk rounds of each, alternating. Results: docs/BENCHMARKS.md, "nginx edge".
 # Run under `flock /tmp/bench.lock`.
 set -euo pipefail
-work=$(mktemp -d)
-chmod 755 "$work"  # nginx workers run as nobody: they must read the file and write the cache
-trap 'kill $(cat "$work/nginx.pid") 2>/dev/null || true; rm -rf "$work"' EXIT
+here=$(cd "$(dirname "$0")" && pwd)
+source "$here/lib.sh"
 head -c 1048576 /dev/urandom > "$work/file.bin"
 chmod 644 "$work/file.bin"
-cat > "$work/nginx.conf" <<CONF
-worker_processes 2;
-daemon on;
-pid $work/nginx.pid;
-error_log $work/error.log;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  proxy_cache_path $work/cache levels=2:2 keys_zone=z:10m;
+start_nginx "
   upstream up { server 127.0.0.1:18611; keepalive 8; }
   server {
     listen 127.0.0.1:18611;
@@ -28,29 +19,22 @@ http {
     sendfile on; tcp_nopush on; tcp_nodelay on;
     location = /static/file.bin { alias $work/file.bin; }
     location /whole/ {
-      proxy_pass http://up/; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_pass http://up/; proxy_http_version 1.1; proxy_set_header Connection \"\";
       proxy_cache z; proxy_cache_key \$uri; proxy_cache_valid 200 206 1h;
       proxy_buffer_size 16k; proxy_buffers 16 16k; open_file_cache max=1000 inactive=60s;
     }
     location /sliced/ {
       slice 8m;
-      proxy_pass http://up/; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_pass http://up/; proxy_http_version 1.1; proxy_set_header Connection \"\";
       proxy_set_header Range \$slice_range;
       proxy_cache z; proxy_cache_key \$uri\$slice_range; proxy_cache_valid 200 206 1h;
       proxy_buffer_size 16k; proxy_buffers 16 16k; open_file_cache max=1000 inactive=60s;
     }
-  }
-}
-CONF
-nginx -c "$work/nginx.conf" -p "$work"
+  }"
 paths="static/file.bin whole/file.bin sliced/file.bin"
 for p in $paths; do
   curl -s -o "$work/out" "http://127.0.0.1:18610/$p"
   cmp -s "$work/out" "$work/file.bin" || { echo "wrong bytes from /$p" >&2; exit 1; }
 done
-for round in $(seq "${ROUNDS:-3}"); do
-  for p in $paths; do
-    printf 'round %s %-16s ' "$round" "$p"
-    wrk -t2 -c16 -d6s "http://127.0.0.1:18610/$p" | grep Transfer/sec
-  done
-done
+# shellcheck disable=SC2086 # the paths are words
+hit_rounds http://127.0.0.1:18610 $paths
