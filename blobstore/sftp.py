@@ -60,7 +60,7 @@ from .backend import (
 from .digest import Digest, DigestError
 from .disk import _coalesce, _decode_meta, _encode_meta  # one metadata format for both
 from .hashing import Hashes, StreamHasher
-from .sshtune import buffer_padding_randomness, coalesce_writes
+from .sshtune import buffer_padding_randomness, coalesce_writes, skip_ignore_packets
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -372,6 +372,7 @@ class SftpBackend:
         except (OSError, asyncssh.Error) as exc:
             raise BackendUnavailable(f"cannot connect to {self.where}: {exc}") from exc
         coalesce_writes(conn)
+        skip_ignore_packets(conn)
         try:
             async with asyncio.timeout(self._io_timeout):
                 sftp = await conn.start_sftp_client()

@@ -16,6 +16,7 @@ import asyncssh
 import blake3
 import psutil
 import pytest
+from asyncssh.constants import MSG_IGNORE
 
 from blobstore import (
     BlobBackend,
@@ -28,7 +29,7 @@ from blobstore import (
     StorageFull,
 )
 from blobstore.sftp import BackendUnavailable, SftpBackend
-from blobstore.sshtune import buffer_padding_randomness, coalesce_writes
+from blobstore.sshtune import buffer_padding_randomness, coalesce_writes, skip_ignore_packets
 
 from .sshd_server import SshdServer, keygen
 
@@ -482,6 +483,19 @@ def test_urls() -> None:
     assert (b.port, b.root) == (2222, "assets")
 
 
+async def _connect(server: SshdServer, **options: Any) -> asyncssh.SSHClientConnection:
+    return await asyncssh.connect(
+        "127.0.0.1",
+        server.port,
+        username=server.user,
+        client_keys=[str(server.client_key)],
+        known_hosts=str(server.known_hosts),
+        config=[],
+        agent_path=None,
+        **options,
+    )
+
+
 async def test_asyncssh_tuning_is_in_effect(running: SshdServer, root: Path) -> None:
     """blobstore.sshtune reaches into asyncssh's internals (pinned): if an upgrade moves them,
     this fails instead of the uploads silently getting slower."""
@@ -491,15 +505,7 @@ async def test_asyncssh_tuning_is_in_effect(running: SshdServer, root: Path) -> 
     padding = packet_os.urandom(16)
     assert len(padding) == 16
     assert padding != packet_os.urandom(16)
-    conn = await asyncssh.connect(
-        "127.0.0.1",
-        running.port,
-        username=running.user,
-        client_keys=[str(running.client_key)],
-        known_hosts=str(running.known_hosts),
-        config=[],
-        agent_path=None,
-    )
+    conn = await _connect(running)
     try:
         transport: Any = conn._transport
         writes = 0
@@ -518,6 +524,39 @@ async def test_asyncssh_tuning_is_in_effect(running: SshdServer, root: Path) -> 
             found = await asyncio.gather(*(client.exists(str(root / str(i))) for i in range(32)))
         assert found == [False] * 32
         assert 1 <= writes <= 4
+    finally:
+        conn.close()
+        await conn.wait_closed()
+
+
+@pytest.mark.parametrize(
+    ("cipher", "ignores_sent"),
+    [("aes128-gcm@openssh.com", False), ("aes128-ctr", False), ("aes128-cbc", True)],
+)
+async def test_ignore_packets_only_for_cbc(
+    running: SshdServer, root: Path, cipher: str, ignores_sent: bool
+) -> None:
+    """RFC 4251's ignore-packet countermeasure is kept where it protects something (CBC)."""
+    conn = await _connect(running, encryption_algs=[cipher])
+    try:
+        assert conn.get_extra_info("send_cipher") == cipher
+        # The message type of every packet encrypted (the plaintext is padding length, type, ...).
+        sent_types: list[int] = []
+        encryption: Any = conn._send_encryption
+        encrypt = encryption.encrypt_packet
+
+        def recording(seq: int, header: bytes, packet: bytes) -> Any:
+            sent_types.append(packet[1])
+            return encrypt(seq, header, packet)
+
+        encryption.encrypt_packet = recording
+        assert skip_ignore_packets(conn)
+        async with conn.start_sftp_client() as client:
+            assert not await client.exists(str(root / "absent"))
+        assert len(sent_types) >= 4
+        assert (MSG_IGNORE in sent_types) is ignores_sent
+        if ignores_sent:  # then asyncssh puts one ahead of every packet
+            assert sent_types[::2] == [MSG_IGNORE] * len(sent_types[::2])
     finally:
         conn.close()
         await conn.wait_closed()
