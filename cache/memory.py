@@ -78,6 +78,12 @@ class MemoryTier:
         entry = self._lru.get(digest)
         return None if entry is None else entry.info
 
+    async def fetch(self, digest: Digest, limit: int) -> tuple[BlobInfo, bytes | None] | None:
+        entry = self._lru.get(digest)
+        if entry is None:
+            return None
+        return entry.info, entry.data if len(entry.data) <= limit else None
+
     async def open(
         self, digest: Digest, start: int = 0, end: int | None = None
     ) -> AsyncGenerator[bytes, None]:

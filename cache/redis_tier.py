@@ -1,7 +1,9 @@
 """Redis, shared by every origin node: whole small blobs as binary values under a key prefix.
 
 Each value is a fixed 128-byte header (magic, size, SHA-256, content type) followed by the
-bytes, so ``stat`` reads only the header and a range is one ``GETRANGE`` of the bytes. Keys
+bytes, so ``stat`` reads only the header, a range is one ``GETRANGE`` of the bytes, and
+``fetch`` reads the header and, for a blob small enough to go up to the memory tier, the bytes,
+in one ``GETRANGE``. Keys
 have no TTL: run Redis with ``maxmemory`` and ``maxmemory-policy allkeys-lru`` and let Redis
 evict (README, "Redis tier").
 """
@@ -99,17 +101,32 @@ class RedisTier:
         await self._redis.ping()
 
     async def stat(self, digest: Digest) -> BlobInfo | None:
-        header = cast(bytes, await self._redis.getrange(self._key(digest), 0, HEADER_SIZE - 1))
-        return decode_header(digest, header)
+        found = await self.fetch(digest, 0)
+        return None if found is None else found[0]
+
+    async def fetch(self, digest: Digest, limit: int) -> tuple[BlobInfo, bytes | None] | None:
+        # A value longer than the header plus ``limit`` comes back cut at that length: one
+        # command either way, and never more than ``limit`` bytes of a blob that is not wanted.
+        value = cast(
+            bytes, await self._redis.getrange(self._key(digest), 0, HEADER_SIZE + limit - 1)
+        )
+        info = decode_header(digest, value)
+        if info is None:
+            return None
+        if info.size > limit or len(value) != HEADER_SIZE + info.size:
+            return info, None
+        return info, value[HEADER_SIZE:]
 
     async def open(
         self, digest: Digest, start: int = 0, end: int | None = None
     ) -> AsyncGenerator[bytes, None]:
         if end is None:
-            info = await self.stat(digest)
-            if info is None:
+            found = await self.fetch(digest, self.max_object)
+            if found is None or found[1] is None:
                 raise BlobNotFound(str(digest))
-            end = info.size
+            data = found[1]
+            yield data[start:] if start else data
+            return
         if end <= start:
             yield b""
             return

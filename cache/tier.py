@@ -7,7 +7,7 @@ from collections.abc import AsyncIterable
 from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
 
-from blobstore import BlobBackend, BlobInfo, BlobTooLarge, Expectation, StreamHasher
+from blobstore import BlobBackend, BlobInfo, BlobTooLarge, Digest, Expectation, StreamHasher
 
 # Hashing below this size costs less than a thread hop.
 _INLINE_HASH = 64 * 1024
@@ -18,9 +18,17 @@ class CacheTier(BlobBackend, Protocol):
     """A bounded tier in front of the durable store. Holds whole small blobs only."""
 
     name: str
+    max_object: int
 
     def accepts(self, size: int) -> bool:
         """Whether a blob of this size may be admitted at all."""
+
+    async def fetch(self, digest: Digest, limit: int) -> tuple[BlobInfo, bytes | None] | None:
+        """The blob's info, and its bytes too if it is at most ``limit`` long: one read.
+
+        None when the tier does not hold the blob. The tier chain's ``stat`` uses it to
+        promote a blob to the tiers above in the same read that finds it.
+        """
 
     async def admit(self, info: BlobInfo, data: bytes) -> None:
         """Keep bytes already verified by a lower tier; may evict others, or decline."""

@@ -60,7 +60,8 @@ class TieredStore:
         self.local_cache = local_cache
         self.durable = durable
         self._events = events or NoEvents()
-        named = [*self.tiers, *([local_cache] if local_cache else [])]
+        named: list[CacheTier | DiskCache] = [*self.tiers, *([local_cache] if local_cache else [])]
+        self._named = named
         self._health = {t.name: TierHealth(t.name, cap=retry_cap) for t in named}
         self._small_flights: SingleFlight[Digest, bytes] = SingleFlight()
         self._fills: dict[Digest, LocalFill] = {}
@@ -87,7 +88,7 @@ class TieredStore:
 
     async def health(self) -> list[HealthReport]:
         """Each tier's state, probing those that are not backing off."""
-        for tier in [*self.tiers, *([self.local_cache] if self.local_cache else [])]:
+        for tier in self._named:
             if self._ok(tier):
                 with contextlib.suppress(TierFailed):
                     await self._guard(tier, asyncio.wait_for(tier.ping(), 1.0))
@@ -104,12 +105,20 @@ class TieredStore:
                 continue
             if not self._ok(tier):
                 continue
+            upper = [t for t in self.tiers[:i] if self._ok(t)]
+            limit = max((t.max_object for t in upper), default=0)
             try:
-                info = await self._guard(tier, tier.stat(digest))
+                found_here = await self._guard(tier, tier.fetch(digest, limit))
             except TierFailed:
                 continue
-            if info is not None:
-                self._promote(info, tier, self.tiers[:i])
+            if found_here is not None:
+                info, data = found_here
+                if data is not None:
+                    # Admitted before the answer, so the GET's open() that follows finds the
+                    # bytes in memory: one read of Redis for a blob only Redis held, where
+                    # a stat, a promotion and the GET's own read took four.
+                    targets = [t for t in upper if t.accepts(info.size)]
+                    await asyncio.gather(*(self._admit(t, info, data) for t in targets))
                 return info
         found = await self._find_below(digest)
         if found is None:
@@ -271,7 +280,7 @@ class TieredStore:
         return await self.durable.put(chunks, expected, content_type)
 
     async def delete(self, digest: Digest) -> bool:
-        for tier in [*self.tiers, *([self.local_cache] if self.local_cache else [])]:
+        for tier in self._named:
             with contextlib.suppress(TierFailed):
                 await self._guard(tier, tier.delete(digest))
         return await self.durable.delete(digest)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import blake3
 import pytest
+import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -179,12 +180,11 @@ async def test_hit_miss_and_promotion_per_tier(
         assert await redis.stat(d) is not None
         assert await read(chain, d, 100, 200) == data[100:200]
         assert events.counts["hit:memory"] == 1
-        # Only in Redis: stat finds it there and promotes it to memory in the background.
+        # Only in Redis: stat finds it there and promotes it to memory before it answers.
         await memory.delete(d)
         stat = await chain.stat(d)
         assert stat is not None
         assert stat.content_type == "model/gltf-binary"
-        await chain.drain()
         assert d in memory
         assert events.counts["durable_read"] == 1
         # Too large for both small tiers: served from below, never admitted.
@@ -196,6 +196,59 @@ async def test_hit_miss_and_promotion_per_tier(
         assert big.digest not in memory
         assert await redis.stat(big.digest) is None
     finally:
+        await redis.close()
+
+
+async def redis_counters(client: aioredis.Redis) -> tuple[int, int]:
+    """Read commands (GET, GETRANGE) served and bytes sent since the last CONFIG RESETSTAT."""
+    commands = await client.info("commandstats")
+    reads = sum(commands.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("get", "getrange"))
+    return reads, int((await client.info("stats"))["total_net_output_bytes"])
+
+
+async def test_a_blob_only_redis_holds_takes_one_redis_read(
+    durable: DiskBackend, redis_server: RedisServer
+) -> None:
+    """The chain's stat brings a small blob's bytes up to memory in the read that finds it, so
+    the GET that follows reads memory; a blob too large for memory costs two reads, and the
+    stat's carries no more than memory's object limit of its bytes."""
+    memory = MemoryTier(1 << 20, 64 << 10)
+    redis = RedisTier(redis_server.url, max_object=1 << 20)
+    chain = TieredStore([memory, redis], durable)
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        small, large = os.urandom(20_000), os.urandom(300_000)
+        small_info = (await redis.put(chunks(small), Expectation(), "model/gltf-binary")).info
+        large_info = (await redis.put(chunks(large))).info
+
+        await client.config_resetstat()
+        stat = await chain.stat(small_info.digest)
+        assert stat is not None
+        assert (stat.size, stat.sha256, stat.content_type) == (
+            20_000,
+            small_info.sha256,
+            "model/gltf-binary",
+        )
+        assert small_info.digest in memory
+        assert await read(chain, small_info.digest) == small
+        assert await read(chain, small_info.digest, 5, 50) == small[5:50]
+        reads, sent = await redis_counters(client)
+        assert reads == 1
+        assert 20_000 < sent < 30_000
+
+        await client.config_resetstat()
+        stat = await chain.stat(large_info.digest)
+        assert stat is not None
+        assert stat.size == 300_000
+        assert large_info.digest not in memory
+        reads, sent = await redis_counters(client)
+        assert reads == 1
+        assert sent < (64 << 10) + 10_000
+        assert await read(chain, large_info.digest, 0, 300_000) == large
+        assert (await redis_counters(client))[0] == 2
+        assert await chain.stat(Digest(blake3.blake3(b"absent").hexdigest())) is None
+    finally:
+        await client.aclose()
         await redis.close()
 
 
