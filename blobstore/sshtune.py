@@ -7,7 +7,7 @@ CBC mode, whose next IV an attacker can predict; CTR and the AEAD modes (AES-GCM
 Poly1305, the only ones the SFTP backend offers first) are not open to it, and OpenSSH sends no
 such packets. ``skip_ignore_packets`` drops them while the connection's cipher is not a CBC one:
 half the packets to frame, encrypt and (in sshd) decrypt; interleaved in-process puts of
-32 MiB blobs took about 5 % less CPU here and in sshd (docs/BENCHMARKS.md, bulk upload).
+32 MiB blobs took 2-8 % less CPU here and in sshd (docs/BENCHMARKS.md, bulk upload).
 For each packet asyncssh also
 
 - calls ``os.urandom`` for the few bytes of random padding: a ``getrandom`` system call that
