@@ -1,4 +1,4 @@
-# Shared by alignment.sh and slice.sh: a private nginx in a temp dir, and alternating wrk
+# Shared by alignment.sh, slice.sh and accel_bound.sh: a private nginx in a temp dir, and alternating wrk
 # rounds of HITs. Source it after `set -euo pipefail`.
 
 work=$(mktemp -d)
@@ -35,4 +35,16 @@ hit_rounds() {
       wrk -t2 -c16 -d6s "$base/$path" | grep Transfer/sec
     done
   done
+}
+
+# same_file_rounds BASE_URL PATH...: checks that every path answers exactly $work/file.bin,
+# then runs hit_rounds over them.
+same_file_rounds() {
+  local base=$1 path
+  shift
+  for path in "$@"; do
+    curl -s -o "$work/out" "$base/$path"
+    cmp -s "$work/out" "$work/file.bin" || { echo "wrong bytes from /$path" >&2; exit 1; }
+  done
+  hit_rounds "$base" "$@"
 }
