@@ -1,5 +1,5 @@
-# Shared by alignment.sh, slice.sh and accel_bound.sh: a private nginx in a temp dir, and alternating wrk
-# rounds of HITs. Source it after `set -euo pipefail`.
+# Shared by alignment.sh, slice.sh and accel_bound.sh: a private nginx in a temp dir, and
+# alternating wrk rounds. Source it after `set -euo pipefail`.
 
 work=$(mktemp -d)
 chmod 755 "$work"  # nginx workers run as nobody: they must read files and write the cache
