@@ -1,22 +1,31 @@
-"""What would OpenSSH as the SFTP backend's transport save? An interleaved A/B, one process.
+"""Interleaved A/B of two ways to run the SFTP backend, in one process against one sshd.
 
-Two SftpBackends on one private sshd (tests/sshd_server.py): one as the origin runs it
-(asyncssh's SSH transport in Python), one whose connections are asyncssh's SFTP client over the
-pipes of an OpenSSH ``ssh -s ... sftp`` subprocess, so that framing and AES-GCM run in C.
-Rounds of 4 concurrent 32 MiB puts alternate between them; prints medians of MiB/s and CPU ms
-per MiB for this process, the ``ssh`` children and sshd.
+Two SftpBackends on one private sshd (tests/sshd_server.py); rounds of 4 concurrent 32 MiB
+puts alternate between them (who goes first alternates too), so the machine's drift falls on
+both. Prints, per setup, the medians of MiB/s and CPU ms per MiB of this process (with its
+hashing threads), of its other child processes (``ssh``) and of sshd, and the per-round ratios
+of the first setup's CPU to the second's. Experiments:
 
-The OpenSSH side is an experiment, not a transport the origin offers: it drives asyncssh's
-internal ``asyncssh.sftp.start_sftp_client`` with duck-typed stream objects (asyncssh 2.24.1),
-and has no reconnects, keepalives or error mapping. Results: docs/BENCHMARKS.md, "Bulk upload".
+- ``ignore``: the backend as the origin runs it (``skip_ignore_packets``) against one with
+  asyncssh's ``SSH_MSG_IGNORE`` ahead of every packet;
+- ``transport``: the backend as it runs (asyncssh's SSH transport, in Python) against one whose
+  connections are asyncssh's SFTP client over the pipes of an OpenSSH ``ssh -s ... sftp``
+  subprocess, so that framing and AES-GCM run in C. That side is an experiment, not a
+  transport the origin offers: it drives asyncssh's internal
+  ``asyncssh.sftp.start_sftp_client`` with duck-typed streams (asyncssh 2.24.1) and has no
+  reconnects, keepalives or error mapping.
 
-    flock /tmp/bench.lock .venv/bin/python bench/sftp_transport_ab.py --rounds 8
+Results: docs/BENCHMARKS.md, "Bulk upload".
+
+    flock /tmp/bench.lock .venv/bin/python bench/sftp_ab.py ignore --rounds 16
+    flock /tmp/bench.lock .venv/bin/python bench/sftp_ab.py transport --rounds 8
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import sys
@@ -25,6 +34,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import asyncssh.logging
 import asyncssh.sftp
@@ -38,6 +48,11 @@ from tests.sshd_server import SshdServer
 
 MiB = 1 << 20
 PUTS, SIZE = 4, 32 * MiB
+# Per experiment: the two setups, the first as the origin runs.
+SETUPS = {"ignore": ("skip", "ignore"), "transport": ("asyncssh", "openssh")}
+
+
+# -- the OpenSSH transport (experiment "transport") -------------------------------------------
 
 
 class _PipeReader:
@@ -118,6 +133,9 @@ def openssh_connect(server: SshdServer) -> Callable[[], Coroutine[Any, Any, _Cha
     return connect
 
 
+# -- the harness ------------------------------------------------------------------------------
+
+
 def cpu(procs: list[psutil.Process]) -> float:
     total = 0.0
     for proc in procs:
@@ -136,37 +154,50 @@ async def body() -> AsyncIterator[bytes]:
         yield block
 
 
-async def main(server: SshdServer, rounds: int) -> None:
-    assert server.proc is not None
-    sshd, me = psutil.Process(server.proc.pid), psutil.Process()
-    backends: dict[str, SftpBackend] = {}
-    for name in ("asyncssh", "openssh"):
+async def backend(server: SshdServer, setup: str) -> SftpBackend:
+    # The pool's connections all open here (start, then a first round of puts), so a patch
+    # in effect here decides for every one of them.
+    keeping_ignores = patch("blobstore.sftp.skip_ignore_packets", lambda conn: False)
+    with keeping_ignores if setup == "ignore" else contextlib.nullcontext():
         be = SftpBackend.from_url(
             server.url, client_keys=[server.client_key], known_hosts=server.known_hosts
         )
-        if name == "openssh":
+        if setup == "openssh":
             be._pool._connect = openssh_connect(server)
         await be.start()
-        await asyncio.gather(*(be.put(body()) for _ in range(PUTS)))  # the pool fills here
-        backends[name] = be
-    rows: dict[str, list[tuple[float, float, float, float]]] = {name: [] for name in backends}
+        await asyncio.gather(*(be.put(body()) for _ in range(PUTS)))
+    return be
+
+
+async def main(server: SshdServer, setups: tuple[str, str], rounds: int) -> None:
+    assert server.proc is not None
+    sshd, me = psutil.Process(server.proc.pid), psutil.Process()
+    backends = {setup: await backend(server, setup) for setup in setups}
+    rows: dict[str, list[tuple[float, float, float, float]]] = {setup: [] for setup in setups}
     mib = PUTS * SIZE / MiB
     for r in range(rounds):
-        for name in sorted(backends, reverse=r % 2 == 1):
+        for setup in setups if r % 2 == 0 else setups[::-1]:
             server_tree = [sshd, *sshd.children(recursive=True)]
             ours = {p.pid for p in server_tree}
-            ssh = [p for p in me.children(recursive=True) if p.pid not in ours]
-            before = (time.perf_counter(), time.process_time(), cpu(ssh), cpu(server_tree))
-            await asyncio.gather(*(backends[name].put(body()) for _ in range(PUTS)))
-            after = (time.perf_counter(), time.process_time(), cpu(ssh), cpu(server_tree))
-            wall, own, children, theirs = (b - a for a, b in zip(before, after, strict=True))
+            children = [p for p in me.children(recursive=True) if p.pid not in ours]
+            before = (time.perf_counter(), time.process_time(), cpu(children), cpu(server_tree))
+            await asyncio.gather(*(backends[setup].put(body()) for _ in range(PUTS)))
+            after = (time.perf_counter(), time.process_time(), cpu(children), cpu(server_tree))
+            wall, own, kids, theirs = (b - a for a, b in zip(before, after, strict=True))
             ms = 1000 / mib
-            rows[name].append((mib / wall, own * ms, children * ms, theirs * ms))
-    for name, got in rows.items():
-        rate, own, children, theirs = (statistics.median(row[i] for row in got) for i in range(4))
+            rows[setup].append((mib / wall, own * ms, kids * ms, theirs * ms))
+    for setup, got in rows.items():
+        rate, own, kids, theirs = (statistics.median(row[i] for row in got) for i in range(4))
         print(
-            f"{name:8}: {rate:4.0f} MiB/s  CPU ms/MiB: this process {own:.2f}, ssh {children:.2f},"
-            f" sshd {theirs:.2f}, together {own + children + theirs:.2f}"
+            f"{setup:8}: {rate:4.0f} MiB/s  CPU ms/MiB: this process {own:.2f}, ssh {kids:.2f},"
+            f" sshd {theirs:.2f}, together {own + kids + theirs:.2f}"
+        )
+    first, second = (rows[s] for s in setups)
+    for i, who in ((1, "this process"), (3, "sshd")):
+        ratios = [a[i] / b[i] for a, b in zip(first, second, strict=True)]
+        print(
+            f"{who} CPU {setups[0]}/{setups[1]} per round: median {statistics.median(ratios):.3f};",
+            " ".join(f"{x:.2f}" for x in ratios),
         )
     for be in backends.values():
         await be.close()
@@ -174,11 +205,12 @@ async def main(server: SshdServer, rounds: int) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("experiment", choices=sorted(SETUPS))
+    parser.add_argument("--rounds", type=int, default=12)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as work:
         sshd_server = SshdServer(Path(work)).start()
         try:
-            uvloop.run(main(sshd_server, args.rounds))
+            uvloop.run(main(sshd_server, SETUPS[args.experiment], args.rounds))
         finally:
             sshd_server.stop()
