@@ -288,7 +288,7 @@ async def recommendations(request: web.Request) -> web.Response:
     # coroutine for them.
     body = service.answer_now(user, limit, kind)
     if body is None:
-        body = await service.recommend_json(user, limit, kind)
+        body = await service.answer_later(user, limit, kind)
     return web.Response(body=body, headers=_RECOMMENDATION_HEADERS)
 
 

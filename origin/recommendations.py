@@ -263,9 +263,10 @@ class RecommenderService:
         return recent
 
     def answer_now(self, user: str, limit: int, kind: str | None) -> bytes | None:
-        """``recommend_json``'s answer when it needs no thread and no query (the common case:
-        a user without newer events whose stored list fills the answer, or a user the model
-        has no events of once their popularity answer is cached); None otherwise."""
+        """The answer of ``GET /users/{user}/recommendations`` as JSON bytes, when it needs no
+        thread and no query (the common case: a user without newer events whose stored list
+        fills the answer, or a user the model has no events of once their popularity answer is
+        cached); None otherwise, and then ``answer_later`` has it."""
         loaded = self.loaded
         if loaded is None or self.recent.has(user) or self._buffer.has_pending(user):
             return None
@@ -284,8 +285,10 @@ class RecommenderService:
             return self._fallbacks.get((limit, kind))
         return None
 
-    async def recommend_json(self, user: str, limit: int, kind: str | None) -> bytes:
-        """The answer of ``GET /users/{user}/recommendations`` as JSON bytes."""
+    async def answer_later(self, user: str, limit: int, kind: str | None) -> bytes:
+        """The answer where ``answer_now`` has none (called right after it, with no await in
+        between, so it sees the same state): before a first model, a user with newer events, a
+        stored list that the filters leave short, or a popularity answer not cached yet."""
         loaded = self.loaded  # once: the whole answer comes from one model
         if loaded is None:
             # Before the first model: every event is "recent" (the tail reads from the start,
@@ -294,26 +297,23 @@ class RecommenderService:
             return self.encode(Ranking(self._popular_items(limit, kind, owned), None, True))
         recent = self._recent(user)
         recommender = loaded.recommender
-        if not recent:
-            listed = recommender.recommend_stored(user, limit, kind)
-            if listed is not None:
-                return self._encode(listed.items, loaded.version, False)
-            if not recommender.has_history(user):  # unknown, or no training row: popularity
-                key = (limit, kind)
-                body = self._fallbacks.get(key)
-                if body is None:
-                    result = await self._in_executor(
-                        partial(recommender.recommend, user, limit, kind, True, ())
-                    )
-                    body = self._encode(result.items, str(loaded.record.id), result.fallback)
-                    if self.loaded is loaded:
-                        self._fallbacks[key] = body
-                return body
+        if not recent and not recommender.has_history(user):
+            # Unknown, or no training row: the popularity answer, computed once per model.
+            key = (limit, kind)
+            body = self._fallbacks.get(key)
+            if body is None:
+                result = await self._in_executor(
+                    partial(recommender.recommend, user, limit, kind, True, ())
+                )
+                body = self._encode(result.items, loaded.version, result.fallback)
+                if self.loaded is loaded:
+                    self._fallbacks[key] = body
+            return body
         events = [Event(e.user, str(e.asset), e.kind, e.weight, e.at) for e in recent]
         result = await self._in_executor(
             partial(recommender.recommend, user, limit, kind, True, events)
         )
-        return self._encode(result.items, str(loaded.record.id), result.fallback)
+        return self._encode(result.items, loaded.version, result.fallback)
 
     def encode(self, ranking: Ranking) -> bytes:
         return self._encode(ranking.items, ranking.model_version, ranking.fallback)
