@@ -204,11 +204,10 @@ class _Temps:
             open_temp(sftp, self.meta_path),
             return_exceptions=True,
         )
+        # Whatever opened is kept for discard(), also when the other open failed.
         self.data = data if isinstance(data, asyncssh.SFTPClientFile) else None
         self.meta = meta if isinstance(meta, asyncssh.SFTPClientFile) else None
-        for result in (data, meta):
-            if isinstance(result, BaseException):
-                raise result
+        _raise_first([data, meta])
 
     async def discard(self, sftp: asyncssh.SFTPClient) -> None:
         """Close and remove what is left, best effort: a later start() sweeps the rest."""
@@ -780,17 +779,24 @@ class SftpBackend:
         return cached or BlobInfo(digest, hashes.size, hashes.sha256, content_type, now)
 
     async def _write_meta(self, sftp: asyncssh.SFTPClient, info: BlobInfo) -> None:
-        temp = self._temp_path(".meta")
+        await self._place_small(sftp, _encode_meta(info), self._meta_path(info.digest), ".meta")
+
+    async def _place_small(
+        self, sftp: asyncssh.SFTPClient, data: bytes, final: str, kind: str, *, sync: bool = True
+    ) -> None:
+        """A small file at ``final``, all or nothing: written to a temp name, then renamed."""
+        temp = self._temp_path(kind)
         try:
             f = await self._open_temp(sftp, temp)
             try:
-                await self._write(f, _encode_meta(info), 0)
-                await self._sync(f)
+                await self._write(f, data, 0)
+                if sync:
+                    await self._sync(f)
             except BaseException:
                 await _close_quietly(f)
                 raise
             await self._close(f)
-            await self._in_dir(sftp, _replace, sftp, temp, self._meta_path(info.digest))
+            await self._in_dir(sftp, _replace, sftp, temp, final)
         except BaseException:
             await _remove_quietly(sftp, temp)
             raise
@@ -806,19 +812,7 @@ class SftpBackend:
                 raise
             # The same SHA-256 is the same bytes: the existing entry already points here.
         except (asyncssh.SFTPOpUnsupported, asyncssh.SFTPPermissionDenied):
-            temp = self._temp_path(".sha256")
-            try:
-                f = await self._open_temp(sftp, temp)
-                try:
-                    await self._write(f, info.digest.hex.encode(), 0)
-                except BaseException:
-                    await _close_quietly(f)
-                    raise
-                await self._close(f)
-                await self._in_dir(sftp, _replace, sftp, temp, index)
-            except BaseException:
-                await _remove_quietly(sftp, temp)
-                raise
+            await self._place_small(sftp, info.digest.hex.encode(), index, ".sha256", sync=False)
 
     async def delete(self, digest: Digest) -> bool:
         self._info.pop(digest, None)
@@ -883,10 +877,15 @@ async def _all(*aws: Awaitable[Any]) -> list[Any]:
     """``gather`` that lets every request finish before it raises the first failure, so none
     is still running when the caller cleans up after it."""
     results = await asyncio.gather(*aws, return_exceptions=True)
+    _raise_first(results)
+    return results
+
+
+def _raise_first(results: list[Any]) -> None:
+    """Raise the first exception among ``gather(..., return_exceptions=True)``'s results."""
     for result in results:
         if isinstance(result, BaseException):
             raise result
-    return results
 
 
 async def _settle(fut: asyncio.Future[T] | None) -> None:
