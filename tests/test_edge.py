@@ -138,16 +138,7 @@ def cached(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveOrigi
 @pytest.fixture(scope="module")
 def accel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveOrigin, EdgeNginx]]:
     """X-Accel-Redirect mode: nginx reads the origin's blob directory itself."""
-    root = tmp_path_factory.mktemp("accel")
-    origin = _origin(root / "data", ORIGIN_ACCEL_REDIRECT="/_accel/")
-    edge = EdgeNginx(
-        root / "nginx",
-        [f"127.0.0.1:{origin.port}"],
-        blob_cache="off",
-        accel_prefix="/_accel/",
-        accel_root=root / "data" / "blobs",
-    )
-    yield from _running(origin, edge)
+    yield from _accel_edge(tmp_path_factory.mktemp("accel"), direct=False)
 
 
 @pytest.fixture(scope="module")
@@ -155,14 +146,20 @@ def direct(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveOrigi
     """Direct mode: X-Accel-Redirect mode plus nginx/edge-direct.conf (the Lua module)."""
     if not lua_available():
         pytest.skip("the nginx Lua module is not installed (scripts/test installs it)")
-    root = tmp_path_factory.mktemp("direct")
+    yield from _accel_edge(tmp_path_factory.mktemp("direct"), direct=True)
+
+
+def _accel_edge(root: Path, *, direct: bool) -> Iterator[tuple[LiveOrigin, EdgeNginx]]:
+    """An origin answering with X-Accel-Redirect to /_accel/, and an edge without a blob cache
+    that reads the origin's blob directory."""
     origin = _origin(root / "data", ORIGIN_ACCEL_REDIRECT="/_accel/")
     edge = EdgeNginx(
         root / "nginx",
         [f"127.0.0.1:{origin.port}"],
         blob_cache="off",
+        accel_prefix="/_accel/",
         accel_root=root / "data" / "blobs",
-        direct=True,
+        direct=direct,
     )
     yield from _running(origin, edge)
 
