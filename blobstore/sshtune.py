@@ -4,10 +4,11 @@ Every SSH packet that asyncssh sends is preceded by an empty ``SSH_MSG_IGNORE`` 
 SFTP request is two packets, and a 1 MiB write, cut into the server's 32 KiB channel packets,
 is 64. That is RFC 4251's countermeasure (section 9.3.1) against the chosen-plaintext attack on
 CBC mode, whose next IV an attacker can predict; CTR and the AEAD modes (AES-GCM, ChaCha20-
-Poly1305, the only ones the SFTP backend offers first) are not open to it, and OpenSSH sends no
-such packets. ``skip_ignore_packets`` drops them while the connection's cipher is not a CBC one:
-half the packets to frame, encrypt and (in sshd) decrypt; interleaved in-process puts of
-32 MiB blobs took 2-8 % less CPU here and in sshd (docs/BENCHMARKS.md, bulk upload).
+Poly1305, the only ones the SFTP backend offers first) are not open to it, and OpenSSH sends
+none ahead of its data. ``skip_ignore_packets`` drops them while the connection's cipher is
+not a CBC one: half the packets to frame, encrypt and (in sshd) decrypt; interleaved
+in-process puts of 32 MiB blobs took 2-8 % less CPU here and in sshd (docs/BENCHMARKS.md,
+bulk upload).
 For each packet asyncssh also
 
 - calls ``os.urandom`` for the few bytes of random padding: a ``getrandom`` system call that
