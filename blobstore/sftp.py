@@ -41,7 +41,7 @@ from collections.abc import (
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from urllib.parse import unquote, urlsplit
 
 import asyncssh
@@ -60,7 +60,12 @@ from .backend import (
 from .digest import Digest, DigestError
 from .disk import _coalesce, _decode_meta, _encode_meta  # one metadata format for both
 from .hashing import Hashes, StreamHasher
-from .sshtune import buffer_padding_randomness, coalesce_writes, skip_ignore_packets
+from .sshtune import (
+    buffer_padding_randomness,
+    coalesce_writes,
+    keep_gcm_keys,
+    skip_ignore_packets,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -270,6 +275,7 @@ class SftpBackend:
         )
         self._pool = _Pool(self._open_channel, pool_size)
         buffer_padding_randomness()
+        keep_gcm_keys()
         # Blobs are immutable, so a cached info can only go stale through delete(), which evicts
         # (on this node; other nodes' caches find out when open() raises BlobNotFound).
         self._info: LRUCache[Digest, BlobInfo] = LRUCache(maxsize=info_cache_entries)
@@ -636,7 +642,7 @@ class SftpBackend:
         hasher = StreamHasher()
         offset = 0
         inflight: asyncio.Future[tuple[None, None]] | None = None
-        pending: bytearray | None = None
+        pending: bytes | bytearray | None = None
         try:
             await temps.open(sftp, self._open_temp)
             async for block in _coalesce(chunks, self._chunk_size, limit):
@@ -755,14 +761,14 @@ class SftpBackend:
             await op(*args)
 
     async def _write(self, f: asyncssh.SFTPClientFile, data: bytes | bytearray, at: int) -> None:
-        # Split like _read, for the same reason.
+        # Split like _read, for the same reason. Views, not copies: asyncssh copies each block
+        # into its request anyway (its annotation says bytes; it takes any buffer).
         step = f.write_len or len(data)
         view = memoryview(data)
+        blocks = [(cast(bytes, view[i : i + step]), at + i) for i in range(0, len(data), step)]
         with self._writing():
             async with asyncio.timeout(self._io_timeout):
-                await asyncio.gather(
-                    *(f.write(bytes(view[i : i + step]), at + i) for i in range(0, len(data), step))
-                )
+                await asyncio.gather(*(f.write(block, offset) for block, offset in blocks))
 
     async def _sync(self, f: asyncssh.SFTPClientFile) -> None:
         # The server's fsync extension, where offered, so that a committed blob survives a crash

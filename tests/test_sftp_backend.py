@@ -29,7 +29,13 @@ from blobstore import (
     StorageFull,
 )
 from blobstore.sftp import BackendUnavailable, SftpBackend
-from blobstore.sshtune import buffer_padding_randomness, coalesce_writes, skip_ignore_packets
+from blobstore.sshtune import (
+    _KeyedGCMCipher,
+    buffer_padding_randomness,
+    coalesce_writes,
+    keep_gcm_keys,
+    skip_ignore_packets,
+)
 
 from .sshd_server import SshdServer, keygen
 
@@ -505,8 +511,11 @@ async def test_asyncssh_tuning_is_in_effect(running: SshdServer, root: Path) -> 
     padding = packet_os.urandom(16)
     assert len(padding) == 16
     assert padding != packet_os.urandom(16)
-    conn = await _connect(running)
+    assert keep_gcm_keys()
+    conn = await _connect(running, encryption_algs=["aes128-gcm@openssh.com"])
     try:
+        encryption: Any = conn._send_encryption
+        assert isinstance(encryption._cipher, _KeyedGCMCipher)
         transport: Any = conn._transport
         writes = 0
         write = transport.write
