@@ -316,15 +316,22 @@ async def _store_body(request: web.Request, expected: Expectation) -> PutResult:
     """Store, then record in the catalog; the answer waits for both."""
     head = bytearray()
     result = await _put(request, expected, head)
-    await _record(request, result.info, bytes(head))
+    await _record(request, result.info, bytes(head), new=result.created)
     return result
 
 
-async def _record(request: web.Request, info: BlobInfo, head: bytes = b"") -> None:
-    # Idempotent: a blob stored by an upload whose catalog write failed is recorded by the
-    # next upload of the same bytes (or healed by POST /assets).
+async def _record(
+    request: web.Request, info: BlobInfo, head: bytes = b"", *, new: bool = False
+) -> None:
+    """Make sure the catalog has the blob's row.
+
+    Idempotent: a blob stored by an upload whose catalog write failed is recorded by the next
+    upload of the same bytes (or healed by POST /assets). ``new``: the store has just created
+    the blob, so the row is almost surely absent and is inserted without asking first (the
+    insert ignores a row that is there).
+    """
     catalog = request.app[CATALOG]
-    if await catalog.blob(info.digest.hex) is None:
+    if new or await catalog.blob(info.digest.hex) is None:
         # From the durable store directly: these reads should neither fill nor count as
         # cache traffic.
         facts = await blob_facts(request.app[TIERS].durable, info, head)

@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 
 from blobstore import Digest, DiskBackend
 from origin import Config
-from origin.appkeys import TOKENS
+from origin.appkeys import CATALOG, STORE, TOKENS
 
 from .conftest import AUTH, Client
 
@@ -69,6 +69,25 @@ async def test_put_new_then_existing(client: Client, config: Config) -> None:
     again = await client.put(f"/blobs/{digest}", data=data, headers=AUTH)
     assert again.status == 200
     assert (await again.json())["content_type"] == "model/gltf-binary"  # first upload's type
+
+
+async def test_put_again_after_the_store_lost_the_blob_keeps_its_catalog_row(
+    client: Client,
+) -> None:
+    """A put that creates the blob inserts its row without asking first; a row that is
+    already there (the store lost the bytes, the catalog did not) is kept as it was."""
+    data = os.urandom(5000)
+    digest = await put(client, data, **{"Content-Type": "model/gltf-binary"})
+    catalog = client.app[CATALOG]
+    first = await catalog.blob(digest)
+    assert first is not None
+    assert await client.app[STORE].delete(Digest.parse(digest))
+    resp = await client.put(
+        f"/blobs/{digest}", data=data, headers={**AUTH, "Content-Type": "text/plain"}
+    )
+    assert resp.status == 201, await resp.text()
+    assert await catalog.blob(digest) == first
+    assert (await client.get(f"/blobs/{digest}")).status == 200
 
 
 async def test_put_digest_mismatch_stores_nothing(client: Client, config: Config) -> None:
