@@ -4,8 +4,8 @@ Reads go down the chain (memory -> Redis -> local disk cache -> durable) and the
 holding the blob serves it. A blob found below is promoted into the small tiers above that
 accept its size, in the background: ``stat`` (the first call of every GET) starts it, so even
 a blob that is then sent with sendfile lands in memory for the next request. Concurrent
-misses for one digest share one fetch from below (single flight), for small blobs and for
-large ones filling the local disk cache. A tier that raises is skipped for a back-off
+misses for one digest share one fetch from below (single flight), for small blobs, for
+large ones filling the local disk cache, and for the read that finds a blob in Redis. A tier that raises is skipped for a back-off
 (``TierHealth``), so a dead Redis costs no request its timeout. Writes go to the durable
 store; the caches fill afterwards.
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Sequence
 from pathlib import Path
@@ -64,6 +65,7 @@ class TieredStore:
         self._named = named
         self._health = {t.name: TierHealth(t.name, cap=retry_cap) for t in named}
         self._small_flights: SingleFlight[Digest, bytes] = SingleFlight()
+        self._fetch_flights: SingleFlight[tuple[str, Digest], BlobInfo | None] = SingleFlight()
         self._fills: dict[Digest, LocalFill] = {}
         self._background: set[asyncio.Task[object]] = set()
 
@@ -106,25 +108,40 @@ class TieredStore:
             if not self._ok(tier):
                 continue
             upper = [t for t in self.tiers[:i] if self._ok(t)]
-            limit = max((t.max_object for t in upper), default=0)
             try:
-                found_here = await self._guard(tier, tier.fetch(digest, limit))
+                info, shared = await self._fetch_flights.do(
+                    (tier.name, digest), functools.partial(self._fetch, tier, digest, upper)
+                )
             except TierFailed:
                 continue
-            if found_here is not None:
-                info, data = found_here
-                if data is not None:
-                    # Admitted before the answer, so the GET's open() that follows finds the
-                    # bytes in memory: one read of Redis for a blob only Redis held, where
-                    # a stat, a promotion and the GET's own read took four.
-                    targets = [t for t in upper if t.accepts(info.size)]
-                    await asyncio.gather(*(self._admit(t, info, data) for t in targets))
+            if shared:
+                self._events.flight_joined()
+            if info is not None:
                 return info
         found = await self._find_below(digest)
         if found is None:
             return None
         source, info = found
         self._promote(info, source, self.tiers)
+        return info
+
+    async def _fetch(
+        self, tier: CacheTier, digest: Digest, upper: Sequence[CacheTier]
+    ) -> BlobInfo | None:
+        """Find the blob in ``tier`` and, in the same read, bring it up to ``upper``.
+
+        Admitted before the answer, so the GET's open() that follows finds the bytes in
+        memory: one read of Redis for a blob only Redis held, where a stat, a promotion and the
+        GET's own read took four. Concurrent stats of one blob share this (single flight).
+        """
+        limit = max((t.max_object for t in upper), default=0)
+        found = await self._guard(tier, tier.fetch(digest, limit))
+        if found is None:
+            return None
+        info, data = found
+        if data is not None:
+            targets = [t for t in upper if t.accepts(info.size)]
+            await asyncio.gather(*(self._admit(t, info, data) for t in targets))
         return info
 
     async def _find_below(self, digest: Digest) -> tuple[BlobBackend, BlobInfo] | None:

@@ -252,6 +252,30 @@ async def test_a_blob_only_redis_holds_takes_one_redis_read(
         await redis.close()
 
 
+async def test_concurrent_stats_of_a_blob_only_redis_holds_share_one_read(
+    durable: DiskBackend, redis_server: RedisServer
+) -> None:
+    """A new blob that every client asks for at once (single flight, DESIGN.md): one Redis
+    read finds it and brings it up to memory for all of them."""
+    memory = MemoryTier(1 << 20, 64 << 10)
+    redis = RedisTier(redis_server.url, max_object=1 << 20)
+    chain = TieredStore([memory, redis], durable)
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        data = os.urandom(30_000)
+        info = (await redis.put(chunks(data))).info
+        await client.config_resetstat()
+        found = await asyncio.gather(*(chain.stat(info.digest) for _ in range(20)))
+        assert {(f.digest, f.size) for f in found if f is not None} == {(info.digest, 30_000)}
+        assert None not in found
+        bodies = await asyncio.gather(*(read(chain, info.digest) for _ in range(20)))
+        assert bodies == [data] * 20
+        assert (await redis_counters(client))[0] == 1
+    finally:
+        await client.aclose()
+        await redis.close()
+
+
 async def test_dead_redis_is_skipped_without_waiting(durable: DiskBackend, tmp_path: Path) -> None:
     dead = RedisServer(tmp_path / "dead")  # never started: connections are refused
     redis = RedisTier(dead.url, max_object=1 << 20, timeout=0.25)
