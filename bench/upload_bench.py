@@ -481,8 +481,10 @@ def machine(args: argparse.Namespace) -> dict[str, str]:
     cpuinfo = Path("/proc/cpuinfo").read_text()
     model = re.search(r"^model name\s*:\s*(.*)$", cpuinfo, re.MULTILINE)
     mem = re.search(r"^MemTotal:\s*(\d+) kB", Path("/proc/meminfo").read_text(), re.MULTILINE)
-    py = Path(args.origin).parent / "python"
-    versions = run_text([str(py), "-c", "import asyncssh, aiohttp, cryptography, sys; "
+    # The origin's code is that of the checkout (or bench/origin_at.sh worktree) it lives in;
+    # both run this interpreter's libraries.
+    origin_code = Path(args.origin).resolve().parent
+    versions = run_text([sys.executable, "-c", "import asyncssh, aiohttp, cryptography, sys; "
                          "print(sys.version.split()[0], asyncssh.__version__, "
                          "aiohttp.__version__, cryptography.__version__)"]).split()  # fmt: skip
     versions += ["?"] * (4 - len(versions))
@@ -501,6 +503,7 @@ def machine(args: argparse.Namespace) -> dict[str, str]:
             ["findmnt", "-n", "-o", "FSTYPE,SOURCE", "-T", tempfile.gettempdir()]
         ),
         "commit": run_text(["git", "-C", str(REPO), "log", "-1", "--format=%h %s"]),
+        "origin code": run_text(["git", "-C", str(origin_code), "log", "-1", "--format=%h %s"]),
     }
 
 
