@@ -18,8 +18,8 @@ For each packet asyncssh also
   OpenSSL expands the key and sets up GHASH again each time (about 1.3 us of the 2.1 that a
   small packet costs here; sshd sends the origin a window adjust every one or two packets).
 
-Profiles of the origin's workers had these two among the largest items of the event loop's
-time (docs/BENCHMARKS.md, bulk upload). Here
+Profiles of the origin's workers had the first two among the largest items of the event
+loop's time, and the third at a few per cent of it (docs/BENCHMARKS.md, bulk upload). Here
 
 - ``coalesce_writes`` joins the packets produced during one turn of the event loop and writes
   them once at the start of the next turn: the same bytes in the same order, so the SSH stream

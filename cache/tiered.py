@@ -4,10 +4,10 @@ Reads go down the chain (memory -> Redis -> local disk cache -> durable) and the
 holding the blob serves it. A blob found below is promoted into the small tiers above that
 accept its size, in the background: ``stat`` (the first call of every GET) starts it, so even
 a blob that is then sent with sendfile lands in memory for the next request. Concurrent
-misses for one digest share one fetch from below (single flight), for small blobs, for
-large ones filling the local disk cache, and for the read that finds a blob in Redis. A tier that raises is skipped for a back-off
-(``TierHealth``), so a dead Redis costs no request its timeout. Writes go to the durable
-store; the caches fill afterwards.
+misses for one digest share one fetch from below (single flight): for small blobs, for large
+ones filling the local disk cache, and for the read that finds a blob in Redis. A tier that
+raises is skipped for a back-off (``TierHealth``), so a dead Redis costs no request its
+timeout. Writes go to the durable store; the caches fill afterwards.
 """
 
 from __future__ import annotations
