@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import time
@@ -18,6 +19,7 @@ from typing import Any
 
 from aiohttp import web
 from multidict import CIMultiDict
+from yarl import URL
 
 from . import problems
 from .appkeys import CATALOG, CONFIG, STORE, TOKENS
@@ -254,30 +256,28 @@ async def post_events(request: web.Request) -> web.Response:
 # -- reads --------------------------------------------------------------------------------
 
 
-# Valid query strings, parsed: clients send a handful of distinct ones (limit, kind), and
-# parsing into a MultiDict costs more per request than the whole stored-list lookup. Bounded.
-_QUERIES: dict[str, tuple[int, str | None]] = {}
-_QUERIES_MAX = 4096
 _RECOMMENDATION_HEADERS = CIMultiDict(
     {"Content-Type": "application/json", "Cache-Control": "no-store"}
 )
 
 
 def _limit_and_kind(request: web.Request) -> tuple[int, str | None]:
-    raw = request.query_string
-    known = _QUERIES.get(raw)
-    if known is not None:
-        return known
+    return _parse_limit_and_kind(request.query_string)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_limit_and_kind(query_string: str) -> tuple[int, str | None]:
+    """Cached: clients send a handful of distinct query strings, and parsing one into a
+    MultiDict costs more than the whole stored-list lookup. A bad one raises (not cached)."""
+    # The parser behind request.query, on the same raw string.
+    query = URL.build(query_string=query_string, encoded=True).query
     try:
-        limit = int(request.query.get("limit", "10"))
+        limit = int(query.get("limit", "10"))
     except ValueError:
         raise problems.bad_request("bad-query", "limit must be a number") from None
     if not 1 <= limit <= MAX_LIMIT:
         raise problems.bad_request("bad-query", f"limit must be 1 to {MAX_LIMIT}")
-    parsed = limit, request.query.get("kind") or None
-    if len(_QUERIES) < _QUERIES_MAX:
-        _QUERIES[raw] = parsed
-    return parsed
+    return limit, query.get("kind") or None
 
 
 async def recommendations(request: web.Request) -> web.Response:

@@ -1,4 +1,4 @@
-"""Property tests: digests, hashing, ranges and entity tags, alone and through HTTP."""
+"""Property tests: digests, hashing, ranges, entity tags and queries, alone and through HTTP."""
 
 from __future__ import annotations
 
@@ -10,13 +10,17 @@ from pathlib import Path
 
 import blake3
 import pytest
+from aiohttp.test_utils import make_mocked_request
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from blobstore import Digest, DigestError, StreamHasher
 from origin import Config
 from origin.etags import none_match, parse_etag_list
+from origin.problems import Problem
 from origin.ranges import RangeNotSatisfiable, parse_range
+from origin.recommend_routes import _limit_and_kind
+from origin.recommendations import MAX_LIMIT
 
 from .conftest import AUTH, Client
 
@@ -124,6 +128,37 @@ def test_etag_list_round_trips(tags: list[tuple[bool, str]]) -> None:
     header = ", ".join(f'{"W/" if weak else ""}"{tag}"' for weak, tag in tags)
     assert parse_etag_list(header) == tags
     assert none_match(header, "x" * 64) == any(tag == "x" * 64 for _, tag in tags)
+
+
+# -- the recommendation endpoints' query --------------------------------------------------------
+
+QUERY_TEXT = st.text(alphabet=string.ascii_letters + string.digits + "%+&=-_. ", max_size=30)
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["limit", "kind", "x", "lim%69t"]), QUERY_TEXT | st.integers()),
+        max_size=4,
+    )
+)
+def test_cached_query_parsing_reads_what_request_query_reads(
+    pairs: list[tuple[str, str | int]],
+) -> None:
+    """The recommendation routes parse the raw query string once per distinct string; they
+    must read it exactly as aiohttp's request.query does, and reject what it would reject."""
+    raw = "&".join(f"{k}={v}" for k, v in pairs)
+    request = make_mocked_request("GET", f"/users/u/recommendations?{raw}")
+    query = request.query
+    try:
+        limit = int(query.get("limit", "10"))
+    except ValueError:
+        limit = None
+    if limit is None or not 1 <= limit <= MAX_LIMIT:
+        with pytest.raises(Problem) as caught:
+            _limit_and_kind(request)
+        assert caught.value.status == 400
+    else:
+        assert _limit_and_kind(request) == (limit, query.get("kind") or None)
 
 
 # -- through HTTP -----------------------------------------------------------------------------
