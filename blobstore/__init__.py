@@ -17,13 +17,14 @@ from .backend import (
     PutResult,
     StorageFull,
 )
-from .digest import Digest, DigestError, is_sha256_hex
+from .digest import NEVER_STORED, Digest, DigestError, is_sha256_hex
 from .disk import DiskBackend
 from .hashing import Hashes, StreamHasher, hash_bytes
 from .sftp import BackendUnavailable, SftpBackend
 
 __all__ = [
     "DEFAULT_CONTENT_TYPE",
+    "NEVER_STORED",
     "NOTHING_EXPECTED",
     "BackendUnavailable",
     "BlobBackend",

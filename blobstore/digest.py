@@ -42,6 +42,11 @@ class Digest:
         return self.hex
 
 
+# The all-zero digest: no blob has it (finding an input that BLAKE3 maps to it is a preimage
+# attack). For asking a store something without touching any blob (readiness, capabilities).
+NEVER_STORED = Digest("0" * 64)
+
+
 def is_sha256_hex(text: str) -> bool:
     """SHA-256 digests share BLAKE3-256's textual form: 64 lowercase hex characters."""
     return _HEX64.fullmatch(text) is not None

@@ -12,7 +12,7 @@ from dataclasses import asdict
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from blobstore import BackendUnavailable, Digest, DiskBackend, SftpBackend
+from blobstore import NEVER_STORED, BackendUnavailable, DiskBackend, SftpBackend
 from cache import CacheEvents, CacheTier, DiskCache, MemoryTier, RedisTier, TieredStore
 
 from . import asset_routes, blob_routes, recommend_routes
@@ -24,7 +24,6 @@ from .problems import Problem, from_http_exception
 from .tokens import Tokens
 
 log = logging.getLogger(__name__)
-_PROBE = Digest("0" * 64)  # readiness asks the durable store for a blob that is never there
 
 
 @web.middleware
@@ -102,7 +101,7 @@ async def readyz(request: web.Request) -> web.Response:
     tiered = request.app[TIERS]
     tiers = [asdict(report) for report in await tiered.health()]
     try:
-        await tiered.durable.stat(_PROBE)
+        await tiered.durable.stat(NEVER_STORED)
         durable: dict[str, object] = {"name": "durable", "healthy": True}
     except Exception as exc:
         durable = {"name": "durable", "healthy": False, "last_error": str(exc)}

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from blobstore import (
     DEFAULT_CONTENT_TYPE,
+    NEVER_STORED,
     BlobBackend,
     BlobInfo,
     BlobNotFound,
@@ -91,8 +92,7 @@ def _accel_plan(app: web.Application) -> _Accel | None:
     if prefix is None:
         return None
     tiers = app[TIERS]
-    probe = Digest("0" * 64)
-    final = tiers.local_cache is None and tiers.durable.local_path(probe) is not None
+    final = tiers.local_cache is None and tiers.durable.local_path(NEVER_STORED) is not None
     return _Accel(prefix.rstrip("/"), tiers.durable if final else None)
 
 
