@@ -3,11 +3,16 @@ tests/test_sftp_backend.py runs it against sshd)."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import asyncssh.encryption
+import pytest
 from asyncssh.crypto.cipher import GCMCipher
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import given
 from hypothesis import strategies as st
 
-from blobstore.sshtune import _KeyedGCMCipher
+from blobstore.sshtune import _KeyedGCMCipher, keep_gcm_keys
 
 CIPHERS = st.sampled_from([("aes128-gcm", 16), ("aes256-gcm", 32)])
 # (header, payload) per packet; the header is the 4-byte packet length, as asyncssh sends it.
@@ -48,3 +53,33 @@ def test_opening_round_trips_and_rejects_a_flipped_bit(
     assert receiver.verify_and_decrypt(header, bytes(damaged[:-16]), bytes(damaged[-16:])) is None
     sealed, tag = sender.encrypt_and_sign(header, payload)
     assert receiver.verify_and_decrypt(header, sealed[4:], tag) == payload
+
+
+def test_installed_only_over_the_internals_it_was_written_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    encryption = vars(asyncssh.encryption)
+    monkeypatch.setattr(asyncssh.encryption, "GCMCipher", GCMCipher)  # as asyncssh ships it
+    assert keep_gcm_keys()
+    assert encryption["GCMCipher"] is _KeyedGCMCipher
+    assert keep_gcm_keys()  # idempotent
+
+    # An upgrade that keeps the nonce under another name: the shim would find no _iv.
+    def renamed_init(self: Any, cipher_name: str, key: bytes, iv: bytes) -> None:
+        self._aes, self._nonce = AESGCM(key), iv
+
+    def renamed_update(self: Any) -> None:
+        counter = (int.from_bytes(self._nonce[4:], "big") + 1) % 2**64
+        self._nonce = self._nonce[:4] + counter.to_bytes(8, "big")
+
+    def renamed_seal(self: Any, header: bytes, data: bytes) -> tuple[bytes, bytes]:
+        sealed = self._aes.encrypt(self._nonce, data, header)
+        self._update_iv()
+        return header + sealed[:-16], sealed[-16:]
+
+    monkeypatch.setattr(asyncssh.encryption, "GCMCipher", GCMCipher)
+    monkeypatch.setattr(GCMCipher, "__init__", renamed_init)
+    monkeypatch.setattr(GCMCipher, "_update_iv", renamed_update)
+    monkeypatch.setattr(GCMCipher, "encrypt_and_sign", renamed_seal)
+    assert not keep_gcm_keys()
+    assert encryption["GCMCipher"] is GCMCipher
