@@ -13,7 +13,7 @@ from pathlib import Path
 
 import blake3
 import pytest
-from sqlalchemy import Integer, inspect, text
+from sqlalchemy import Integer, event, inspect, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from blobstore import BlobInfo, Digest
@@ -165,6 +165,44 @@ async def test_a_newer_schema_is_refused(catalog: Catalog) -> None:
 
 
 # -- blobs and assets ---------------------------------------------------------------------------
+
+
+async def test_concurrent_blob_records_share_transactions(catalog: Catalog) -> None:
+    """Group commit: 40 uploads finishing at once cost a few transactions, not 40; each call
+    returns with its row committed, and of two records of one blob the first stays."""
+    commits = 0
+
+    def count(_conn: object) -> None:
+        nonlocal commits
+        commits += 1
+
+    event.listen(catalog.engine.sync_engine, "commit", count)
+    try:
+        infos = [blob_info(f"mesh {i}".encode()) for i in range(40)]
+        twice = infos[7]
+        await asyncio.gather(
+            *(catalog.record_blob(info, {"n": i}) for i, info in enumerate(infos)),
+            catalog.record_blob(twice, {"n": "again"}),
+        )
+    finally:
+        event.remove(catalog.engine.sync_engine, "commit", count)
+    assert 1 <= commits <= 3
+    records = [await catalog.blob(info.digest.hex) for info in infos]
+    assert [r.facts if r else None for r in records] == [{"n": i} for i in range(40)]
+
+
+async def test_a_blob_record_that_cannot_be_written_fails_alone(catalog: Catalog) -> None:
+    good = [blob_info(f"fine {i}".encode()) for i in range(5)]
+    bad = blob_info(b"facts that are not JSON")
+    results = await asyncio.gather(
+        *(catalog.record_blob(info, {"ok": True}) for info in good[:2]),
+        catalog.record_blob(bad, {"not json": object()}),
+        *(catalog.record_blob(info, {"ok": True}) for info in good[2:]),
+        return_exceptions=True,
+    )
+    assert [isinstance(r, Exception) for r in results] == [False, False, True, False, False, False]
+    assert all([await catalog.blob(info.digest.hex) for info in good])
+    assert await catalog.blob(bad.digest.hex) is None
 
 
 async def test_blobs_are_recorded_once(catalog: Catalog) -> None:
