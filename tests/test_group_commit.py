@@ -92,3 +92,21 @@ async def test_callers_are_not_left_waiting_when_the_writer_is_cancelled(started
     writes.gate.set()
     await group.add(9)  # a new writer starts for the next row
     assert writes.batches[-1] == [9]
+
+
+def test_one_group_outlives_an_event_loop() -> None:
+    """A catalog made once and used by two asyncio.run calls (as the CLI may)."""
+    writes = Writes()
+    group = GroupCommit(writes, max_rows=10)
+
+    async def stranded() -> None:
+        writes.gate.clear()
+        left = asyncio.ensure_future(group.add(1))
+        await asyncio.sleep(0)  # the loop ends with the write of [1] under way
+        assert not left.done()
+
+    asyncio.run(stranded())
+    writes.gate = asyncio.Event()  # events bind to one loop
+    writes.gate.set()
+    asyncio.run(group.add(2))
+    assert writes.batches[-1] == [2]

@@ -28,11 +28,13 @@ class GroupCommit(Generic[T]):
 
     async def add(self, row: T) -> None:
         """Return once ``row`` is committed; raise what writing it raised."""
-        done = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
         # Retrieved even when its caller is gone, so no "exception never retrieved" noise.
         done.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._pending.append((row, done))
-        if self._writer is None or self._writer.done():
+        writer = self._writer
+        if writer is None or writer.done() or writer.get_loop() is not loop:
             writer = asyncio.ensure_future(self._drain())
             writer.add_done_callback(self._unstarted)
             self._writer = writer
@@ -82,7 +84,8 @@ class GroupCommit(Generic[T]):
 
 
 def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:
-    if done.done():
+    # A caller of a loop since closed (a catalog outliving one asyncio.run) waits no more.
+    if done.done() or done.get_loop().is_closed():
         return
     if error is None:
         done.set_result(None)
