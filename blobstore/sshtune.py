@@ -97,14 +97,17 @@ def skip_ignore_packets(conn: asyncssh.SSHClientConnection) -> bool:
     # The cipher's name, looked up again whenever a key exchange installs new encryption (a
     # re-key may, in principle, negotiate another cipher); get_extra_info per packet cost more
     # than the rest of this check.
-    checked: list[Any] = [None, True]  # [the encryption object, "is it CBC?"]
+    checked_for: Any = None
+    cbc = True
 
     def send(pkttype: int, *args: bytes, handler: Any = None) -> None:
+        nonlocal checked_for, cbc
         if pkttype == MSG_IGNORE:
             encryption = conn._send_encryption
-            if encryption is not checked[0]:
-                checked[:] = [encryption, "cbc" in conn.get_extra_info("send_cipher", "cbc")]
-            if not checked[1]:
+            if encryption is not checked_for:
+                checked_for = encryption
+                cbc = "cbc" in conn.get_extra_info("send_cipher", "cbc")
+            if not cbc:
                 return
         send_packet(pkttype, *args, handler=handler)
 
