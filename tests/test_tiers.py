@@ -6,6 +6,7 @@ import asyncio
 import os
 from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import blake3
@@ -206,74 +207,79 @@ async def redis_counters(client: aioredis.Redis) -> tuple[int, int]:
     return reads, int((await client.info("stats"))["total_net_output_bytes"])
 
 
-async def test_a_blob_only_redis_holds_takes_one_redis_read(
-    durable: DiskBackend, redis_server: RedisServer
-) -> None:
+@dataclass
+class CountedChain:
+    """Memory (64 KiB objects) over Redis (1 MiB), and a client that reads Redis's counters."""
+
+    memory: MemoryTier
+    redis: RedisTier
+    chain: TieredStore
+    client: aioredis.Redis
+
+
+@pytest.fixture
+async def counted(durable: DiskBackend, redis_server: RedisServer) -> AsyncIterator[CountedChain]:
+    memory = MemoryTier(1 << 20, 64 << 10)
+    redis = RedisTier(redis_server.url, max_object=1 << 20)
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        yield CountedChain(memory, redis, TieredStore([memory, redis], durable), client)
+    finally:
+        await client.aclose()
+        await redis.close()
+
+
+async def test_a_blob_only_redis_holds_takes_one_redis_read(counted: CountedChain) -> None:
     """The chain's stat brings a small blob's bytes up to memory in the read that finds it, so
     the GET that follows reads memory; a blob too large for memory costs two reads, and the
     stat's carries no more than memory's object limit of its bytes."""
-    memory = MemoryTier(1 << 20, 64 << 10)
-    redis = RedisTier(redis_server.url, max_object=1 << 20)
-    chain = TieredStore([memory, redis], durable)
-    client = aioredis.Redis.from_url(redis_server.url)
-    try:
-        small, large = os.urandom(20_000), os.urandom(300_000)
-        small_info = (await redis.put(chunks(small), Expectation(), "model/gltf-binary")).info
-        large_info = (await redis.put(chunks(large))).info
+    memory, redis, chain, client = counted.memory, counted.redis, counted.chain, counted.client
+    small, large = os.urandom(20_000), os.urandom(300_000)
+    small_info = (await redis.put(chunks(small), Expectation(), "model/gltf-binary")).info
+    large_info = (await redis.put(chunks(large))).info
 
-        await client.config_resetstat()
-        stat = await chain.stat(small_info.digest)
-        assert stat is not None
-        assert (stat.size, stat.sha256, stat.content_type) == (
-            20_000,
-            small_info.sha256,
-            "model/gltf-binary",
-        )
-        assert small_info.digest in memory
-        assert await read(chain, small_info.digest) == small
-        assert await read(chain, small_info.digest, 5, 50) == small[5:50]
-        reads, sent = await redis_counters(client)
-        assert reads == 1
-        assert 20_000 < sent < 30_000
+    await client.config_resetstat()
+    stat = await chain.stat(small_info.digest)
+    assert stat is not None
+    assert (stat.size, stat.sha256, stat.content_type) == (
+        20_000,
+        small_info.sha256,
+        "model/gltf-binary",
+    )
+    assert small_info.digest in memory
+    assert await read(chain, small_info.digest) == small
+    assert await read(chain, small_info.digest, 5, 50) == small[5:50]
+    reads, sent = await redis_counters(client)
+    assert reads == 1
+    assert 20_000 < sent < 30_000
 
-        await client.config_resetstat()
-        stat = await chain.stat(large_info.digest)
-        assert stat is not None
-        assert stat.size == 300_000
-        assert large_info.digest not in memory
-        reads, sent = await redis_counters(client)
-        assert reads == 1
-        assert sent < (64 << 10) + 10_000
-        assert await read(chain, large_info.digest, 0, 300_000) == large
-        assert (await redis_counters(client))[0] == 2
-        assert await chain.stat(Digest(blake3.blake3(b"absent").hexdigest())) is None
-    finally:
-        await client.aclose()
-        await redis.close()
+    await client.config_resetstat()
+    stat = await chain.stat(large_info.digest)
+    assert stat is not None
+    assert stat.size == 300_000
+    assert large_info.digest not in memory
+    reads, sent = await redis_counters(client)
+    assert reads == 1
+    assert sent < (64 << 10) + 10_000
+    assert await read(chain, large_info.digest, 0, 300_000) == large
+    assert (await redis_counters(client))[0] == 2
+    assert await chain.stat(Digest(blake3.blake3(b"absent").hexdigest())) is None
 
 
 async def test_concurrent_stats_of_a_blob_only_redis_holds_share_one_read(
-    durable: DiskBackend, redis_server: RedisServer
+    counted: CountedChain,
 ) -> None:
     """A new blob that every client asks for at once (single flight, DESIGN.md): one Redis
     read finds it and brings it up to memory for all of them."""
-    memory = MemoryTier(1 << 20, 64 << 10)
-    redis = RedisTier(redis_server.url, max_object=1 << 20)
-    chain = TieredStore([memory, redis], durable)
-    client = aioredis.Redis.from_url(redis_server.url)
-    try:
-        data = os.urandom(30_000)
-        info = (await redis.put(chunks(data))).info
-        await client.config_resetstat()
-        found = await asyncio.gather(*(chain.stat(info.digest) for _ in range(20)))
-        assert {(f.digest, f.size) for f in found if f is not None} == {(info.digest, 30_000)}
-        assert None not in found
-        bodies = await asyncio.gather(*(read(chain, info.digest) for _ in range(20)))
-        assert bodies == [data] * 20
-        assert (await redis_counters(client))[0] == 1
-    finally:
-        await client.aclose()
-        await redis.close()
+    data = os.urandom(30_000)
+    info = (await counted.redis.put(chunks(data))).info
+    await counted.client.config_resetstat()
+    found = await asyncio.gather(*(counted.chain.stat(info.digest) for _ in range(20)))
+    assert {(f.digest, f.size) for f in found if f is not None} == {(info.digest, 30_000)}
+    assert None not in found
+    bodies = await asyncio.gather(*(read(counted.chain, info.digest) for _ in range(20)))
+    assert bodies == [data] * 20
+    assert (await redis_counters(counted.client))[0] == 1
 
 
 async def test_dead_redis_is_skipped_without_waiting(durable: DiskBackend, tmp_path: Path) -> None:
