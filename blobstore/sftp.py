@@ -60,6 +60,7 @@ from .backend import (
 from .digest import Digest, DigestError
 from .disk import _coalesce, _decode_meta, _encode_meta  # one metadata format for both
 from .hashing import Hashes, StreamHasher
+from .sshsend import fast_channel_data, fast_requests
 from .sshtune import (
     buffer_padding_randomness,
     coalesce_writes,
@@ -387,6 +388,9 @@ class SftpBackend:
         except BaseException:
             conn.close()
             raise
+        handler: Any = getattr(sftp, "_handler", None)
+        fast_requests(handler)
+        fast_channel_data(getattr(getattr(handler, "_writer", None), "channel", None))
         return _Channel(conn, sftp)
 
     # -- running operations -------------------------------------------------------------------

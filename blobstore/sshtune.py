@@ -21,9 +21,9 @@ For each packet asyncssh also
 Profiles of the origin's workers had the first two among the largest items of the event
 loop's time, and the third at a few per cent of it (docs/BENCHMARKS.md, bulk upload). Here
 
-- ``coalesce_writes`` joins the packets produced during one turn of the event loop and writes
-  them once at the start of the next turn: the same bytes in the same order, so the SSH stream
-  is unchanged; only the system calls are fewer;
+- ``coalesce_writes`` collects the packets produced during one turn of the event loop and
+  writes them at the start of the next turn in one ``writelines`` (one ``writev``): the same
+  bytes in the same order, so the SSH stream is unchanged; only the system calls are fewer;
 - ``buffer_padding_randomness`` gives asyncssh's packet code an ``os`` whose ``urandom`` serves
   from 64 KiB fetched from ``os.urandom`` at a time: the same kernel CSPRNG bytes, each used
   once; a forked child starts with an empty buffer;
@@ -61,20 +61,21 @@ def coalesce_writes(conn: asyncssh.SSHClientConnection) -> bool:
     """Batch ``conn``'s socket writes per loop turn; False when asyncssh's internals differ."""
     transport: Any = getattr(conn, "_transport", None)
     # Duck-typed: uvloop's transports (the origin runs on uvloop) are not asyncio's classes.
-    needed = [(transport, "write"), (transport, "is_closing"), (conn, "_send")]
+    needed = [(transport, "writelines"), (transport, "is_closing"), (conn, "_send")]
     if not all(callable(getattr(obj, name, None)) for obj, name in needed):
         return False
     loop = asyncio.get_running_loop()
     pending: list[bytes] = []
 
     def flush() -> None:
-        data = b"".join(pending)
+        batch = pending.copy()
         pending.clear()
         # Dropped after close or abort, as asyncssh's own _send drops them once its transport
         # is gone; a disconnect queued before an abort is flushed first (call_soon is FIFO).
         if not transport.is_closing():
             with contextlib.suppress(ConnectionError):
-                transport.write(data)
+                # One writev on uvloop's transports (asyncio's join the pieces first).
+                transport.writelines(batch)
 
     def send(data: bytes) -> None:
         if not pending:
@@ -131,9 +132,14 @@ class _KeyedGCMCipher(GCMCipher):
         super().__init__(cipher_name, key, iv)
         self._aead = AESGCM(key)
 
-    def encrypt_and_sign(self, header: bytes, data: bytes) -> tuple[bytes, bytes]:
-        sealed = memoryview(self._aead.encrypt(self._iv, data, header))
+    def seal(self, header: bytes, data: bytes) -> bytes:
+        """The ciphertext of ``data`` and the tag after it, with the next nonce."""
+        sealed = self._aead.encrypt(self._iv, data, header)
         self._update_iv()
+        return sealed
+
+    def encrypt_and_sign(self, header: bytes, data: bytes) -> tuple[bytes, bytes]:
+        sealed = memoryview(self.seal(header, data))
         return header + sealed[:-_GCM_TAG], bytes(sealed[-_GCM_TAG:])
 
     def verify_and_decrypt(self, header: bytes, data: bytes, mac: bytes) -> bytes | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import os
 import time
 import uuid
@@ -16,7 +17,7 @@ import asyncssh
 import blake3
 import psutil
 import pytest
-from asyncssh.constants import MSG_IGNORE
+from asyncssh.constants import MSG_CHANNEL_DATA, MSG_IGNORE
 
 from blobstore import (
     BlobBackend,
@@ -536,6 +537,36 @@ async def test_asyncssh_tuning_is_in_effect(running: SshdServer, root: Path) -> 
     finally:
         conn.close()
         await conn.wait_closed()
+
+
+async def test_uploads_take_the_one_copy_send_path(
+    sftp: SftpBackend, root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """blobstore.sshsend is in effect on the backend's channels (asyncssh is pinned; if an
+    upgrade moves its internals this fails), the bytes arrive whole, and at DEBUG asyncssh's
+    own path (which logs every request) takes over."""
+    channel = await sftp._pool.lease()
+    sent: list[int] = []
+    send_packet = channel.conn.send_packet
+
+    def recording(pkttype: int, *args: bytes, handler: Any = None) -> None:
+        sent.append(pkttype)
+        send_packet(pkttype, *args, handler=handler)
+
+    channel.conn.send_packet = recording  # type: ignore[method-assign]
+    data = os.urandom(3 * CHUNK + 12345)
+    result = await sftp.put(chunks_of(data))
+    assert (
+        root / "blobs" / Path(*result.info.digest.shard()) / result.info.digest.hex
+    ).read_bytes() == data
+    # Every packet of the upload (the requests, all its data) went by the fast path.
+    assert sent == []
+    with caplog.at_level(logging.DEBUG, logger="asyncssh"):
+        again = os.urandom(CHUNK + 1)
+        result = await sftp.put(chunks_of(again))
+    assert await read_all(sftp, result.info.digest) == again
+    assert sent.count(MSG_CHANNEL_DATA) >= 2
+    assert "Sending write for" in caplog.text
 
 
 @pytest.mark.parametrize(
