@@ -47,26 +47,43 @@ def fast_channel_data(channel: Any) -> bool:
     """Send ``channel``'s data by the one-copy path; False when asyncssh's internals differ."""
     original = getattr(channel, "_flush_send_buf", None)
     needed = ("_conn", "_send_chan", "_send_buf", "_send_window", "_send_pktsize", "logger")
+    if not callable(getattr(channel, "_pause_resume_writing", None)):
+        return False
     if not callable(original) or not all(hasattr(channel, name) for name in needed):
         return False
 
     logger = channel.logger
+    # The buffer at the front of the channel's queue and how much of it is sent. asyncssh
+    # deletes what it sent from the front of the bytearray, and once less than half is left
+    # CPython moves the rest into a smaller allocation: about one more copy of every byte.
+    head: bytearray | None = None
+    sent = 0
 
     def flush() -> None:
+        nonlocal head, sent
         conn, send_buf = channel._conn, channel._send_buf
         # At DEBUG, asyncssh may log the bytes of every packet (debug level 3).
         fast = conn is not None and not logger.isEnabledFor(logging.DEBUG)
         while fast and send_buf and channel._send_window and channel._send_chan is not None:
             buf, datatype = send_buf[0]
-            size = min(len(buf), channel._send_window, channel._send_pktsize)
-            if datatype is not None or not _send_data(conn, channel._send_chan, buf, size):
+            if buf is not head:
+                head, sent = buf, 0
+            size = min(len(buf) - sent, channel._send_window, channel._send_pktsize)
+            if datatype is not None or not _send_data(conn, channel._send_chan, buf, sent, size):
                 break
-            if size < len(buf):
-                del buf[:size]  # from the front of a bytearray: no copy
-            else:
+            sent += size
+            if sent == len(buf):
                 del send_buf[0]
+                head, sent = None, 0
             channel._send_buf_len -= size
             channel._send_window -= size
+        if send_buf and not channel._send_window:
+            # Waiting for the server's window: all that asyncssh's flush would do now.
+            channel._pause_resume_writing()
+            return
+        if head is not None and send_buf and send_buf[0][0] is head:
+            del head[:sent]  # asyncssh's code takes over the queue as it keeps it
+        head, sent = None, 0
         # asyncssh's own flush sends whatever this one left (in order) and then does its
         # bookkeeping: pausing and resuming the writer, a pending EOF or close.
         original()
@@ -75,9 +92,10 @@ def fast_channel_data(channel: Any) -> bool:
     return True
 
 
-def _send_data(conn: Any, recipient: int, buf: bytearray, size: int) -> bool:
-    """``SSH_MSG_CHANNEL_DATA`` with ``buf[:size]``, sealed as asyncssh's ``send_packet``
-    would; False (nothing sent) outside the steady state, for asyncssh's code to handle."""
+def _send_data(conn: Any, recipient: int, buf: bytearray, start: int, size: int) -> bool:
+    """``SSH_MSG_CHANNEL_DATA`` with ``size`` bytes of ``buf`` from ``start``, sealed as
+    asyncssh's ``send_packet`` would; False (nothing sent) outside the steady state, for
+    asyncssh's code to handle."""
     encryption = conn._send_encryption
     cipher = getattr(encryption, "_cipher", None)
     if (
@@ -100,7 +118,7 @@ def _send_data(conn: Any, recipient: int, buf: bytearray, size: int) -> bool:
                 Byte(MSG_CHANNEL_DATA),
                 UInt32(recipient),
                 UInt32(size),
-                view[:size],
+                view[start : start + size],
                 _PACKET_MODULE.os.urandom(padlen),  # asyncssh's source of padding
             )
         )

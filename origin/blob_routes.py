@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from types import MappingProxyType
 from typing import Any
 
+import blake3
 from aiohttp import web
 
 from blobstore import (
@@ -24,6 +26,7 @@ from blobstore import (
     DigestError,
     DigestMismatch,
     Expectation,
+    Hashes,
     PutResult,
     StorageFull,
     is_sha256_hex,
@@ -49,6 +52,10 @@ _SENDFILE_MIN = 64 * 1024
 # What an upload keeps of its body for the glTF facts: a GLB's headers and a JSON chunk of
 # this size, or enough of a .gltf document to sniff it.
 _HEAD = 64 * 1024
+# A PUT of a larger body asks the store whether it has the blob before reading the body.
+_ASK_FIRST_ABOVE = 1 << 20
+# Below this, BLAKE3 costs less than a thread hop.
+_INLINE_HASH = 64 * 1024
 _FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
 
 
@@ -363,10 +370,16 @@ async def blob_facts(
 async def _put(request: web.Request, expected: Expectation, head: bytearray) -> PutResult:
     """``head`` receives the body's first ``_HEAD`` bytes (the store verifies them with the
     rest, so after a successful put they are the blob's)."""
-    try:
+    with _upload_problems():
         return await request.app[STORE].put(
-            _keeping_head(request.content.iter_any(), head), expected, _content_type(request)
+            _keeping_head(_body(request), head), expected, _content_type(request)
         )
+
+
+@contextlib.contextmanager
+def _upload_problems() -> Iterator[None]:
+    try:
+        yield
     except DigestMismatch as exc:
         raise Problem(
             422,
@@ -381,6 +394,39 @@ async def _put(request: web.Request, expected: Expectation, head: bytearray) -> 
         raise Problem(507, "storage-full", "Insufficient storage", str(exc)) from None
 
 
+async def _body(request: web.Request) -> AsyncIterator[bytes]:
+    """Each chunk as aiohttp received it: ``iter_any()`` joins whatever is buffered, one more
+    copy of every byte of a large upload."""
+    content = request.content
+    while True:
+        chunk, _ = await content.readchunk()
+        if chunk:
+            yield chunk
+        elif content.at_eof():
+            # Not iter_chunks(): on aiohttp's shared empty reader it never ends once any empty
+            # body has been read (aio-libs/aiohttp#11397).
+            return
+        # else the empty marker of an HTTP chunk's end
+
+
+async def _check_drained(request: web.Request, expected: Expectation, info: BlobInfo) -> None:
+    """Read the body of a PUT whose blob is already stored and check it like any other body;
+    nothing is written. BLAKE3 only: bytes that match the digest are the stored blob, whose
+    SHA-256 is known."""
+    hasher = blake3.blake3()
+    size = 0
+    with _upload_problems():
+        async for chunk in _body(request):
+            size += len(chunk)
+            if expected.max_size is not None and size > expected.max_size:
+                raise BlobTooLarge(expected.max_size)
+            if len(chunk) > _INLINE_HASH:
+                await asyncio.to_thread(hasher.update, chunk)
+            else:
+                hasher.update(chunk)
+        expected.check(Hashes(Digest(hasher.hexdigest()), info.sha256, size))
+
+
 async def _keeping_head(chunks: AsyncIterator[bytes], head: bytearray) -> AsyncIterator[bytes]:
     async for chunk in chunks:
         if len(head) < _HEAD:
@@ -392,15 +438,16 @@ async def put_blob(request: web.Request) -> web.Response:
     digest = _digest_param(request)
     await require(request, "write")
     expected = _expectation(request, digest)
+    length = request.content_length
+    if length is not None and length <= _ASK_FIRST_ABOVE:
+        # The store finds an existing blob at its commit and keeps it; for a body this small
+        # that costs less than asking first for every new one (on SFTP, two requests).
+        return _stored(await _store_body(request, expected))
     info = await request.app[STORE].stat(digest)
     if info is not None:
-        # Already stored: the client is sending the body anyway (no Expect), so read it without
-        # hashing or writing, and keep the connection.
-        read = 0
-        async for chunk in request.content.iter_any():
-            read += len(chunk)
-            if expected.max_size is not None and read > expected.max_size:
-                raise problems.too_large(expected.max_size)
+        # Already stored: the client is sending the body anyway (no Expect). It is checked but
+        # not written, and the connection is kept.
+        await _check_drained(request, expected, info)
         await _record(request, info)
         return _stored(PutResult(info, created=False))
     return _stored(await _store_body(request, expected))

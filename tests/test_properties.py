@@ -6,6 +6,7 @@ import hashlib
 import itertools
 import re
 import string
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import blake3
@@ -14,7 +15,8 @@ from aiohttp.test_utils import make_mocked_request
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from blobstore import Digest, DigestError, StreamHasher
+from blobstore import BlobTooLarge, Digest, DigestError, StreamHasher
+from blobstore.disk import _coalesce
 from origin import Config
 from origin.etags import none_match, parse_etag_list
 from origin.problems import Problem
@@ -52,6 +54,42 @@ def test_one_pass_hashing_matches_reference_for_any_chunking(data: bytes, cuts: 
     assert str(result.blake3) == blake3.blake3(data).hexdigest()
     assert result.sha256 == hashlib.sha256(data).digest()
     assert result.size == len(data)
+
+
+@given(
+    st.lists(st.binary(max_size=3000), max_size=12),
+    st.integers(1, 4096),
+    st.none() | st.integers(0, 20_000),
+)
+async def test_body_blocks_are_the_body_in_order(
+    chunks: list[bytes], size: int, limit: int | None
+) -> None:
+    """The blocks the backends write and hash: every byte once, in order; each block (but the
+    last) at least ``size`` and grown by no more than its last chunk; a chunk that is a block
+    on its own is not copied; a body over the limit is refused."""
+
+    async def body() -> AsyncIterator[bytes]:
+        for chunk in chunks:
+            yield chunk
+
+    total = sum(map(len, chunks))
+    if limit is not None and total > limit:
+        with pytest.raises(BlobTooLarge):
+            [b async for b in _coalesce(body(), size, limit)]
+        return
+    # The model: chunks gathered in order until they reach the size, empty ones dropped.
+    groups: list[list[bytes]] = [[]]
+    for chunk in chunks:
+        groups[-1].append(chunk)
+        if sum(map(len, groups[-1])) >= size:
+            groups.append([])
+    groups = [g for g in groups if sum(map(len, g))]
+    blocks = [b async for b in _coalesce(body(), size, limit)]
+    assert blocks == [b"".join(g) for g in groups]
+    assert all(len(b) >= size for b in blocks[:-1])
+    for block, group in zip(blocks, groups, strict=True):
+        if len([c for c in group if c]) == 1:
+            assert any(block is c for c in group)  # passed through, not copied
 
 
 # -- ranges: parse_range against a direct reading of RFC 9110 ---------------------------------
