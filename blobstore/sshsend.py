@@ -20,9 +20,10 @@ of it from these (docs/BENCHMARKS.md, bulk upload). Here
 The bytes on the wire are asyncssh's own (tests/test_sshsend.py compares the two paths packet
 for packet). Whatever is not the steady state goes through asyncssh's code unchanged: a key
 exchange or re-key in progress or due, compression, a cipher other than AES-GCM, extended
-data, a closed channel, and asyncssh's debug logging at level 2 or more (which logs the bytes
-sent). Both reach into asyncssh's internals (pinned in pyproject.toml; the SFTP backend's
-tests check that they are in effect); where those are not what is expected, nothing changes.
+data, a closed channel, and asyncssh's logger at DEBUG (it logs every request, and at debug
+level 3 the bytes of every packet). Both reach into asyncssh's internals (pinned in
+pyproject.toml; the SFTP backend's tests check that they are in effect); where those are not
+what is expected, nothing changes.
 """
 
 from __future__ import annotations
@@ -47,9 +48,11 @@ def fast_channel_data(channel: Any) -> bool:
     """Send ``channel``'s data by the one-copy path; False when asyncssh's internals differ."""
     original = getattr(channel, "_flush_send_buf", None)
     needed = ("_conn", "_send_chan", "_send_buf", "_send_window", "_send_pktsize", "logger")
-    if not callable(getattr(channel, "_pause_resume_writing", None)):
-        return False
-    if not callable(original) or not all(hasattr(channel, name) for name in needed):
+    if (
+        not callable(original)
+        or not callable(getattr(channel, "_pause_resume_writing", None))
+        or not all(hasattr(channel, name) for name in needed)
+    ):
         return False
 
     logger = channel.logger
@@ -106,7 +109,8 @@ def _send_data(conn: Any, recipient: int, buf: bytearray, start: int, size: int)
         or (conn._rekey_seconds and time.monotonic() >= conn._rekey_time)
     ):
         return False
-    # Padding as in send_packet: to the block size, at least four bytes.
+    # As send_packet, less the SSH_MSG_IGNORE ahead of it, which only CBC needs (see
+    # skip_ignore_packets). Padding to the block size, at least four bytes.
     blocksize = conn._send_blocksize
     padlen = -(conn._send_enchdrlen + _DATA_HEADER + size) % blocksize
     if padlen < 4:

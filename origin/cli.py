@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from .tokens import SCOPES
-from .uploader import Options, UsageError, collect, read_batch, upload
+from .uploader import Options, OriginUnusable, UsageError, collect, read_batch, upload
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -119,7 +119,11 @@ def _upload_command(args: argparse.Namespace) -> int:
             "origin upload: nothing to upload (name files, directories or -b FILE)", file=sys.stderr
         )
         return 2
-    summary = asyncio.run(upload(items, options))
+    try:
+        summary = asyncio.run(upload(items, options))
+    except OriginUnusable as exc:
+        print(f"origin upload: {exc}", file=sys.stderr)
+        return 1
     rate = summary.bytes_sent / max(summary.seconds, 1e-6) / 2**20
     print(
         f"{summary.files} files: {summary.uploaded} uploaded ({summary.bytes_sent} bytes, "

@@ -48,6 +48,11 @@ class Transient(Exception):
     """A failure worth retrying: the connection, a 5xx other than 507, a 429."""
 
 
+class OriginUnusable(Exception):
+    """The origin could not say which blobs it lacks (unreachable, refusing, not an origin):
+    nothing was sent."""
+
+
 @dataclass
 class Item:
     path: Path
@@ -401,7 +406,12 @@ async def upload(items: list[Item], options: Options) -> Summary:
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=30)
     ) as session:
         client = Client(session, options)
-        missing = await client.missing(sorted({i.digest for i in hashed if i.digest}))
+        try:
+            missing = await client.missing(sorted({i.digest for i in hashed if i.digest}))
+        except (Transient, RuntimeError, ValueError, LookupError, TypeError) as exc:
+            raise OriginUnusable(
+                f"{options.url} could not say which blobs it lacks: {exc}"
+            ) from None
         # One upload per digest, however many files share it.
         todo = list({i.digest: i for i in hashed if i.digest in missing}.values())
         live = sys.stdout.isatty() if options.progress is None else options.progress

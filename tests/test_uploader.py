@@ -6,6 +6,7 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -188,3 +189,20 @@ def test_a_wrong_token_fails_every_file(live_origin: LiveOrigin, tmp_path: Path)
     )  # fmt: skip
     assert result.returncode == 1
     assert "401" in result.stderr
+
+
+def test_an_origin_that_cannot_be_reached_is_one_clear_line(tmp_path: Path) -> None:
+    (tmp_path / "x.glb").write_bytes(b"unsent")
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    result = subprocess.run(
+        [sys.executable, "-m", "origin", "upload", "--url", url, "--retries", "1",
+         str(tmp_path / "x.glb")],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")},
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"origin upload: {url} could not say which blobs it lacks:")
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
