@@ -80,6 +80,10 @@ class BlobBackend(Protocol):
     async def stat(self, digest: Digest) -> BlobInfo | None:
         """The blob's info, or None when it is not stored here."""
 
+    async def exists(self, digest: Digest) -> bool:
+        """Whether the blob is stored here; cheaper than ``stat`` where the info is a read of
+        its own (on SFTP, one request instead of four)."""
+
     def open(
         self, digest: Digest, start: int = 0, end: int | None = None
     ) -> AsyncGenerator[bytes, None]:

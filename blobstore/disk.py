@@ -126,6 +126,9 @@ class DiskBackend:
             self._info[digest] = info
         return info
 
+    async def exists(self, digest: Digest) -> bool:
+        return digest in self._info or await asyncio.to_thread(self._blob_path(digest).is_file)
+
     def _stat(self, digest: Digest) -> BlobInfo | None:
         try:
             size = os.stat(self._blob_path(digest)).st_size

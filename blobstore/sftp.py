@@ -462,6 +462,12 @@ class SftpBackend:
                 self._info[digest] = info
         return info
 
+    async def exists(self, digest: Digest) -> bool:
+        if digest in self._info:
+            return True
+        found: bool = await self._run(lambda sftp: sftp.exists(self._blob_path(digest)))
+        return found
+
     async def _load_info(self, sftp: asyncssh.SFTPClient, digest: Digest) -> BlobInfo | None:
         # Both at once: a metadata file alone proves nothing (an upload that died before its
         # rename, or a delete halfway through).

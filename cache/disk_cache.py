@@ -142,6 +142,9 @@ class DiskCache:
             self._touched[digest.hex] = self._clock()
         return info
 
+    async def exists(self, digest: Digest) -> bool:
+        return await self.store.exists(digest)
+
     def local_path(self, digest: Digest) -> Path | None:
         self._touched[digest.hex] = self._clock()
         return self.store.local_path(digest)

@@ -78,6 +78,9 @@ class MemoryTier:
         entry = self._lru.get(digest)
         return None if entry is None else entry.info
 
+    async def exists(self, digest: Digest) -> bool:
+        return digest in self._lru
+
     async def fetch(self, digest: Digest, limit: int) -> tuple[BlobInfo, bytes | None] | None:
         entry = self._lru.get(digest)
         if entry is None:

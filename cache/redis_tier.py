@@ -104,6 +104,9 @@ class RedisTier:
         found = await self.fetch(digest, 0)
         return None if found is None else found[0]
 
+    async def exists(self, digest: Digest) -> bool:
+        return await self.stat(digest) is not None  # the header only: one short GETRANGE
+
     async def fetch(self, digest: Digest, limit: int) -> tuple[BlobInfo, bytes | None] | None:
         # A value longer than the header plus ``limit`` comes back cut at that length: one
         # command either way, and never more than ``limit`` bytes of a blob that is not wanted.

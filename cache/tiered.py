@@ -307,3 +307,7 @@ class TieredStore:
 
     async def resolve_sha256(self, sha256: bytes) -> Digest | None:
         return await self.durable.resolve_sha256(sha256)
+
+    async def exists(self, digest: Digest) -> bool:
+        # The durable store decides what exists; a cache may still hold a deleted blob.
+        return await self.durable.exists(digest)

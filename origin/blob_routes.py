@@ -259,9 +259,9 @@ async def missing(request: web.Request) -> web.Response:
     # would also be read whole into the memory tier: a bulk uploader's re-run, asking about
     # thousands of blobs, downloaded every small one of them from SFTP.
     store = request.app[TIERS].durable
-    infos = await asyncio.gather(*(store.stat(d) for d in digests))
+    found = await asyncio.gather(*(store.exists(d) for d in digests))
     return web.json_response(
-        {"missing": [str(d) for d, info in zip(digests, infos, strict=True) if info is None]}
+        {"missing": [str(d) for d, there in zip(digests, found, strict=True) if not there]}
     )
 
 

@@ -58,6 +58,8 @@ async def test_put_stat_open_and_layout(disk: DiskBackend) -> None:
     assert disk.local_path(d) == path
     assert path.read_bytes() == data
     fresh = DiskBackend(disk.root)  # no cached info: read back from the metadata file
+    assert await fresh.exists(d)
+    assert not await fresh.exists(digest_of(b"never stored"))
     info = await fresh.stat(d)
     assert info is not None
     assert info.content_type == "model/gltf-binary"

@@ -380,13 +380,20 @@ async def test_unauthorised_client_key_is_refused(
     await backend.close()
 
 
-async def test_iter_digests_and_delete(sftp: SftpBackend, root: Path) -> None:
+async def test_iter_digests_and_delete(sftp: SftpBackend, running: SshdServer, root: Path) -> None:
     blobs = [os.urandom(n) for n in (10, 20_000, 300_000)]
     digests = {(await sftp.put(chunks_of(b))).info.digest for b in blobs}
     assert {d async for d in sftp.iter_digests()} == digests
     gone = digest_of(blobs[1])
     assert await sftp.stat(gone) is not None
-    assert await sftp.delete(gone)
+    other_node = make_backend(running, root)  # nothing cached: asks the server
+    try:
+        assert await other_node.exists(gone)
+        assert await sftp.delete(gone)
+        assert not await other_node.exists(gone)
+    finally:
+        await other_node.close()
+    assert not await sftp.exists(gone)
     assert not await sftp.delete(gone)
     assert await sftp.stat(gone) is None
     with pytest.raises(BlobNotFound):

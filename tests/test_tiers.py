@@ -99,10 +99,12 @@ async def test_redis_tier_round_trip(redis_server: RedisServer) -> None:
         assert b"".join([c async for c in tier.open(digest)]) == data
         assert b"".join([c async for c in tier.open(digest, 10, 20)]) == data[10:20]
         assert [d async for d in tier.iter_digests()] == [digest]
+        assert await tier.exists(digest)
         empty = await tier.put(chunks(b""))
         assert b"".join([c async for c in tier.open(empty.info.digest)]) == b""
         assert await tier.delete(digest)
         assert await tier.stat(digest) is None
+        assert not await tier.exists(digest)
         with pytest.raises(BlobNotFound):
             [c async for c in tier.open(digest, 0, 10)]
         assert not tier.accepts((1 << 20) + 1)
@@ -120,6 +122,7 @@ async def test_memory_tier_keeps_its_byte_bound() -> None:
         assert tier.used_bytes <= 10_000
     assert events.counts["evicted:memory"] == 7  # three 3000-byte entries fit with overhead
     assert [await tier.stat(i.digest) is not None for i in infos[-3:]] == [True] * 3
+    assert [await tier.exists(i.digest) for i in infos] == [False] * 7 + [True] * 3
     assert not tier.accepts(4001)
 
 
@@ -472,5 +475,24 @@ async def test_a_corrupt_copy_is_not_cached(tmp_path: Path) -> None:
         await asyncio.gather(*(read(chain, info.digest) for _ in range(3)))
         await chain.drain()
         assert await local.stat(info.digest) is None
+    finally:
+        await local.close()
+
+
+async def test_exists_is_the_durable_store_s_answer(durable: DiskBackend, tmp_path: Path) -> None:
+    """What POST /blobs/missing asks: copies in the caches of a blob the durable store no
+    longer holds do not count."""
+    memory = MemoryTier(max_bytes=1 << 20, max_object=1 << 16)
+    local = DiskCache(tmp_path / "local", 1 << 30, maintain=False)
+    await local.start()
+    chain = TieredStore([memory], durable, local_cache=local)
+    try:
+        data = os.urandom(5000)
+        info = await store_in(durable, data)
+        assert await read(chain, info.digest) == data  # now in memory too
+        await local.admit(info, data)
+        assert [await t.exists(info.digest) for t in (memory, local, chain)] == [True] * 3
+        assert await durable.delete(info.digest)
+        assert [await t.exists(info.digest) for t in (memory, local, chain)] == [True, True, False]
     finally:
         await local.close()
