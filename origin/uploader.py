@@ -408,6 +408,7 @@ async def upload(items: list[Item], options: Options) -> Summary:
         client = Client(session, options)
         try:
             missing = await client.missing(sorted({i.digest for i in hashed if i.digest}))
+        # Retries spent, a 4xx, a body that is not JSON or not the answer's shape.
         except (Transient, RuntimeError, ValueError, LookupError, TypeError) as exc:
             raise OriginUnusable(
                 f"{options.url} could not say which blobs it lacks: {exc}"
