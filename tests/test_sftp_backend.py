@@ -28,8 +28,10 @@ from blobstore import (
     DiskBackend,
     Expectation,
     StorageFull,
+    sshsend,
 )
 from blobstore.sftp import BackendUnavailable, SftpBackend
+from blobstore.sshsend import fast_channel_data, fast_requests
 from blobstore.sshtune import (
     _KeyedGCMCipher,
     buffer_padding_randomness,
@@ -574,6 +576,61 @@ async def test_uploads_take_the_one_copy_send_path(
     assert await read_all(sftp, result.info.digest) == again
     assert sent.count(MSG_CHANNEL_DATA) >= 2
     assert "Sending write for" in caplog.text
+
+
+async def test_the_one_copy_path_through_real_re_keys(
+    running: SshdServer, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Re-keying every MiB while 16 MiB go up: the key exchanges are asyncssh's (the packets
+    sent while one runs wait in its queue), the fast path takes over again after each, sshd
+    accepts every packet sealed under the old keys and the new, and the file arrives whole."""
+    assert keep_gcm_keys()
+    fast_sends = 0
+    send_data = sshsend._send_data
+
+    def counted(*args: Any) -> bool:
+        nonlocal fast_sends
+        sent = send_data(*args)
+        fast_sends += sent
+        return sent
+
+    monkeypatch.setattr(sshsend, "_send_data", counted)
+    conn = await _connect(running, encryption_algs=["aes128-gcm@openssh.com"], rekey_bytes=1 << 20)
+    kexinits = 0
+    send_kexinit: Any = conn._send_kexinit
+    by_asyncssh: list[int] = []
+
+    def counting() -> None:
+        nonlocal kexinits
+        kexinits += 1
+        send_kexinit()
+
+    conn._send_kexinit = counting  # type: ignore[method-assign]
+    try:
+        assert coalesce_writes(conn)
+        assert skip_ignore_packets(conn)
+        send_packet = conn.send_packet
+
+        def recording(pkttype: int, *args: bytes, handler: Any = None) -> None:
+            by_asyncssh.append(pkttype)
+            send_packet(pkttype, *args, handler=handler)
+
+        conn.send_packet = recording  # type: ignore[method-assign]
+        async with conn.start_sftp_client() as client:
+            handler: Any = client._handler
+            assert fast_requests(handler)
+            assert fast_channel_data(handler._writer.channel)
+            data = os.urandom(16 << 20)
+            await client.mkdir(str(root))
+            async with client.open(str(root / "rekeyed"), "wb") as f:
+                await f.write(data, 0)
+        assert (root / "rekeyed").read_bytes() == data
+        assert kexinits >= 8
+        assert fast_sends > 0
+        assert MSG_CHANNEL_DATA in by_asyncssh
+    finally:
+        conn.close()
+        await conn.wait_closed()
 
 
 @pytest.mark.parametrize(
