@@ -428,7 +428,9 @@ def run(args: argparse.Namespace, work: Path) -> Bench:
                 "ORIGIN_SFTP_KNOWN_HOSTS": str(sshd.known_hosts),
                 **dict(kv.split("=", 1) for kv in args.origin_env),
             }
-            origin = Origin(Path(args.origin), data, origin_env, args.workers, work / "origin.log")
+            # Its own log per origin: Origin finds its URL by the first "listening on" in it.
+            log_file = work / f"origin-j{jobs}.log"
+            origin = Origin(Path(args.origin), data, origin_env, args.workers, log_file)
             try:
                 hash_cache = xdg / "origin" / "upload-hashes.json"
                 assert not hash_cache.exists()  # the first run is cold
