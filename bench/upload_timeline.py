@@ -1,0 +1,86 @@
+#!/usr/bin/env python3
+"""Where the time of one ``origin upload`` goes: its progress lines, time-stamped, with the
+machine's CPU use between them.
+
+Generates the benchmark's tree (bench/upload_bench.py: seeded, log-uniform sizes), starts an
+origin with a private sshd as its durable store (as bench/upload_ab.py does), uploads the tree
+once with the live display off (plain progress lines every 5 s) and prints each line with the
+seconds since the upload started and the whole machine's busy CPU over the interval before it
+(200 % = both cores; softirq included, unlike the benchmarks' per-process figures). The first
+line comes after the tree is hashed and ``/blobs/missing`` answered. Results: docs/BENCHMARKS.md,
+"Bulk upload".
+
+    flock /tmp/bench.lock .venv/bin/python bench/upload_timeline.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH_DIR))
+sys.path.insert(0, str(BENCH_DIR.parent))  # tests.sshd_server
+
+from upload_ab import start  # noqa: E402
+from upload_bench import (  # noqa: E402
+    DEFAULT_ORIGIN,
+    TOKEN,
+    parse_size,
+    plan_tree,
+    read_tree,
+    write_tree,
+)
+
+
+def busy_jiffies() -> tuple[int, int]:
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    return sum(values) - values[3] - values[4], sum(values)  # idle and iowait are not busy
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--files", type=int, default=2000)
+    p.add_argument("--min-size", type=parse_size, default=1 << 10)
+    p.add_argument("--max-size", type=parse_size, default=64 << 20)
+    p.add_argument("--seed", type=int, default=5)
+    p.add_argument("--jobs", type=int, default=4, help="origin upload -j")
+    p.add_argument("--workers", type=int, default=2, help="origin serve --workers")
+    args = p.parse_args()
+    cores = os.cpu_count() or 1
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        plan = plan_tree(args.files, args.min_size, args.max_size, args.seed)
+        tree = work / "tree"
+        write_tree(tree, plan, args.seed)
+        os.sync()
+        setup = start("A", DEFAULT_ORIGIN, work, args.workers)
+        try:
+            read_tree(tree, plan)
+            env = {**os.environ, "ORIGIN_TOKEN": TOKEN, "XDG_CACHE_HOME": str(work / "xdg")}
+            cmd = [str(DEFAULT_ORIGIN), "upload", "--url", setup.origin.url, "-j",
+                   str(args.jobs), str(tree)]  # fmt: skip
+            started = time.perf_counter()
+            before = busy_jiffies()
+            with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True) as proc:
+                assert proc.stdout is not None
+                for line in proc.stdout:
+                    now = busy_jiffies()
+                    busy = 100 * cores * (now[0] - before[0]) / max(1, now[1] - before[1])
+                    before = now
+                    seconds = time.perf_counter() - started
+                    print(f"{seconds:6.1f} s  CPU {busy:3.0f} %  {line.rstrip()}")
+            return proc.returncode
+        finally:
+            setup.origin.stop()
+            setup.sshd.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
