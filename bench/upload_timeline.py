@@ -23,12 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
-BENCH_DIR = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH_DIR))
-sys.path.insert(0, str(BENCH_DIR.parent))  # tests.sshd_server
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the other bench scripts
 
-from upload_ab import start  # noqa: E402
-from upload_bench import (  # noqa: E402
+from upload_ab import start
+from upload_bench import (
     DEFAULT_ORIGIN,
     TOKEN,
     parse_size,
