@@ -19,7 +19,7 @@ from .backend import (
 )
 from .digest import NEVER_STORED, Digest, DigestError, is_sha256_hex
 from .disk import DiskBackend
-from .hashing import Hashes, StreamHasher, hash_bytes
+from .hashing import Hashes, StreamHasher, hash_bytes, update_off_loop
 from .sftp import BackendUnavailable, SftpBackend
 
 __all__ = [
@@ -44,4 +44,5 @@ __all__ = [
     "StreamHasher",
     "hash_bytes",
     "is_sha256_hex",
+    "update_off_loop",
 ]

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import blake3
 
 from .digest import Digest
+
+# Below this, hashing a buffer costs less than the hop to a worker thread.
+INLINE_HASH = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,3 +61,15 @@ def hash_bytes(data: bytes) -> Hashes:
     hasher = StreamHasher()
     hasher.update(data)
     return hasher.result()
+
+
+async def update_off_loop(
+    update: Callable[[bytes | bytearray | memoryview], object],
+    data: bytes | bytearray | memoryview,
+) -> None:
+    """``update(data)``: in a worker thread when ``data`` is worth the hop (both hash
+    implementations release the GIL on large buffers), else here."""
+    if len(data) > INLINE_HASH:
+        await asyncio.to_thread(update, data)
+    else:
+        update(data)

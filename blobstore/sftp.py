@@ -59,7 +59,7 @@ from .backend import (
 )
 from .digest import Digest, DigestError
 from .disk import _coalesce, _decode_meta, _encode_meta  # one metadata format for both
-from .hashing import Hashes, StreamHasher
+from .hashing import Hashes, StreamHasher, update_off_loop
 from .sshsend import fast_channel_data, fast_requests
 from .sshtune import (
     buffer_padding_randomness,
@@ -72,8 +72,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _TEMP_SUFFIX = ".part"
-# Below this, hashing costs less than a thread hop.
-_INLINE_HASH = 64 * 1024
 # Metadata files are a few hundred bytes; one read request of this size fetches them whole.
 _SMALL_FILE = 64 * 1024
 # What writing into a temp file of ours answers when the server's disk is full (see _writing).
@@ -492,7 +490,7 @@ class SftpBackend:
         try:
             async with sftp.open(self._blob_path(digest), "rb") as f:
                 while chunk := await self._read(f, self._chunk_size, hasher.size):
-                    await _hash(hasher, chunk)
+                    await update_off_loop(hasher.update, chunk)
         except asyncssh.SFTPNoSuchFile:
             return None  # deleted meanwhile
         hashes = hasher.result()
@@ -661,7 +659,7 @@ class SftpBackend:
                         await inflight
                     assert temps.data is not None
                     write = self._write(temps.data, pending, offset)
-                    inflight = asyncio.gather(_hash(hasher, pending), write)
+                    inflight = asyncio.gather(update_off_loop(hasher.update, pending), write)
                     offset += len(pending)
                 pending = block
             if inflight is not None:
@@ -669,7 +667,7 @@ class SftpBackend:
         finally:
             await _settle(inflight)
         if pending is not None:
-            await _hash(hasher, pending)
+            await update_off_loop(hasher.update, pending)
         temps.last, temps.last_at = pending or b"", offset
         return hasher.result()
 
@@ -930,13 +928,6 @@ async def _close_quietly(f: asyncssh.SFTPClientFile) -> None:
 
 def _describe(where: str, exc: BaseException) -> str:
     return f"{where}: connection lost: {exc or type(exc).__name__}"
-
-
-async def _hash(hasher: StreamHasher, block: bytes | bytearray) -> None:
-    if len(block) > _INLINE_HASH:
-        await asyncio.to_thread(hasher.update, block)
-    else:
-        hasher.update(block)
 
 
 def _is_shard(name: str) -> bool:

@@ -101,7 +101,7 @@ async def readyz(request: web.Request) -> web.Response:
     tiered = request.app[TIERS]
     tiers = [asdict(report) for report in await tiered.health()]
     try:
-        await tiered.durable.stat(NEVER_STORED)
+        await tiered.durable.exists(NEVER_STORED)
         durable: dict[str, object] = {"name": "durable", "healthy": True}
     except Exception as exc:
         durable = {"name": "durable", "healthy": False, "last_error": str(exc)}

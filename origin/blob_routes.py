@@ -30,6 +30,7 @@ from blobstore import (
     PutResult,
     StorageFull,
     is_sha256_hex,
+    update_off_loop,
 )
 
 from . import problems
@@ -54,8 +55,6 @@ _SENDFILE_MIN = 64 * 1024
 _HEAD = 64 * 1024
 # A PUT of a larger body asks the store whether it has the blob before reading the body.
 _ASK_FIRST_ABOVE = 1 << 20
-# Below this, BLAKE3 costs less than a thread hop.
-_INLINE_HASH = 64 * 1024
 _FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
 
 
@@ -420,10 +419,7 @@ async def _check_drained(request: web.Request, expected: Expectation, info: Blob
             size += len(chunk)
             if expected.max_size is not None and size > expected.max_size:
                 raise BlobTooLarge(expected.max_size)
-            if len(chunk) > _INLINE_HASH:
-                await asyncio.to_thread(hasher.update, chunk)
-            else:
-                hasher.update(chunk)
+            await update_off_loop(hasher.update, chunk)
         expected.check(Hashes(Digest(hasher.hexdigest()), info.sha256, size))
 
 
