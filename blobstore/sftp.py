@@ -60,11 +60,13 @@ from .backend import (
 from .digest import Digest, DigestError
 from .disk import _coalesce, _decode_meta, _encode_meta  # one metadata format for both
 from .hashing import Hashes, StreamHasher, update_off_loop
+from .sshrecv import fast_receive
 from .sshsend import fast_channel_data, fast_requests
 from .sshtune import (
     buffer_padding_randomness,
     coalesce_writes,
     keep_gcm_keys,
+    log_lazily,
     skip_ignore_packets,
 )
 
@@ -275,6 +277,7 @@ class SftpBackend:
         self._pool = _Pool(self._open_channel, pool_size)
         buffer_padding_randomness()
         keep_gcm_keys()
+        log_lazily()
         # Blobs are immutable, so a cached info can only go stale through delete(), which evicts
         # (on this node; other nodes' caches find out when open() raises BlobNotFound).
         self._info: LRUCache[Digest, BlobInfo] = LRUCache(maxsize=info_cache_entries)
@@ -377,6 +380,7 @@ class SftpBackend:
             raise BackendUnavailable(f"cannot connect to {self.where}: {exc}") from exc
         coalesce_writes(conn)
         skip_ignore_packets(conn)
+        fast_receive(conn)
         try:
             async with asyncio.timeout(self._io_timeout):
                 sftp = await conn.start_sftp_client()

@@ -1,4 +1,4 @@
-"""Four per-packet costs of asyncssh that bulk uploads pay for every 32 KiB, taken out.
+"""Five per-packet costs of asyncssh that bulk uploads pay for every 32 KiB, taken out.
 
 Every SSH packet that asyncssh sends is preceded by an empty ``SSH_MSG_IGNORE`` packet, so one
 SFTP request is two packets, and a 1 MiB write, cut into the server's 32 KiB channel packets,
@@ -16,7 +16,9 @@ For each packet asyncssh also
 - hands the packet to the transport on its own: one ``send()`` system call;
 - with AES-GCM, builds a new ``AESGCM`` from the key for every packet it seals or opens, so
   OpenSSL expands the key and sets up GHASH again each time (about 1.3 us of the 2.1 that a
-  small packet costs here; sshd sends the origin a window adjust every one or two packets).
+  small packet costs here; sshd sends the origin a window adjust every one or two packets);
+- formats log messages (every SFTP request's, and a name and size for every packet) before it
+  asks whether they will be logged.
 
 Profiles of the origin's workers had the first two among the largest items of the event
 loop's time, and the third at a few per cent of it (docs/BENCHMARKS.md, bulk upload). Here
@@ -28,19 +30,22 @@ loop's time, and the third at a few per cent of it (docs/BENCHMARKS.md, bulk upl
   from 64 KiB fetched from ``os.urandom`` at a time: the same kernel CSPRNG bytes, each used
   once; a forked child starts with an empty buffer;
 - ``keep_gcm_keys`` makes asyncssh's GCM shim build its ``AESGCM`` once per key (cryptography
-  keeps the cipher context inside it), with the same nonces, bytes and tags.
+  keeps the cipher context inside it), with the same nonces, bytes and tags;
+- ``log_lazily`` makes asyncssh's loggers check the level first (4 % of a worker's event loop
+  during uploads of small files): the same records when asyncssh logs at DEBUG.
 
-All four reach into asyncssh's internals (``SSHConnection.send_packet``, ``_send`` and
+All five reach into asyncssh's internals (``SSHConnection.send_packet``, ``_send`` and
 ``_send_encryption``, the ``os`` and ``GCMCipher`` names in ``asyncssh.connection`` and
-``asyncssh.encryption``); asyncssh is pinned in pyproject.toml, and
-tests/test_sftp_backend.py checks that they are in effect. Where the internals are not what
-they expect, nothing changes.
+``asyncssh.encryption``, ``SSHLogger.log`` and ``SSHPacketLogger._log_packet``); asyncssh is
+pinned in pyproject.toml, and tests/test_sftp_backend.py checks that they are in effect. Where
+the internals are not what they expect, nothing changes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import threading
 from types import ModuleType
@@ -51,6 +56,8 @@ import asyncssh.connection
 import asyncssh.encryption
 from asyncssh.constants import MSG_IGNORE
 from asyncssh.crypto.cipher import GCMCipher
+from asyncssh.logging import SSHLogger
+from asyncssh.packet import SSHPacketLogger
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -124,13 +131,20 @@ _GCM_TAG = 16
 class _KeyedGCMCipher(GCMCipher):
     """asyncssh's AES-GCM shim, with one ``AESGCM`` per key instead of one per packet.
 
-    The nonce sequence (``_iv``, ``_update_iv``) is asyncssh's own; only where the key schedule
-    lives changes.
+    The nonces are asyncssh's sequence, in its attribute (``_iv``): the same bytes, tags and
+    nonces (tests/test_sshtune.py), only where the key schedule and the counter live changes.
     """
 
     def __init__(self, cipher_name: str, key: bytes, iv: bytes) -> None:
         super().__init__(cipher_name, key, iv)
         self._aead = AESGCM(key)
+        # RFC 5647's nonce: a fixed field and an invocation counter, kept as an int here
+        # rather than parsed back out of the nonce for every packet.
+        self._fixed, self._invocation = iv[:4], int.from_bytes(iv[4:], "big")
+
+    def _update_iv(self) -> None:
+        self._invocation = (self._invocation + 1) & 0xFFFFFFFFFFFFFFFF
+        self._iv = self._fixed + self._invocation.to_bytes(8, "big")
 
     def seal(self, header: bytes, data: bytes) -> bytes:
         """The ciphertext of ``data`` and the tag after it, with the next nonce."""
@@ -138,15 +152,24 @@ class _KeyedGCMCipher(GCMCipher):
         self._update_iv()
         return sealed
 
+    def unseal(self, header: bytes, data: bytes, mac: bytes) -> bytes | None:
+        """The plaintext, or None if the tag does not match; the nonce stays where it is
+        (``advance`` moves it on), so that a packet may be handed on unopened."""
+        try:
+            plain: bytes = self._aead.decrypt(self._iv, data + mac, header)
+        except InvalidTag:
+            return None
+        return plain
+
+    def advance(self) -> None:
+        self._update_iv()
+
     def encrypt_and_sign(self, header: bytes, data: bytes) -> tuple[bytes, bytes]:
         sealed = memoryview(self.seal(header, data))
         return header + sealed[:-_GCM_TAG], bytes(sealed[-_GCM_TAG:])
 
     def verify_and_decrypt(self, header: bytes, data: bytes, mac: bytes) -> bytes | None:
-        try:
-            plain: bytes | None = self._aead.decrypt(self._iv, data + mac, header)
-        except InvalidTag:
-            plain = None
+        plain = self.unseal(header, data, mac)
         self._update_iv()
         return plain
 
@@ -215,4 +238,34 @@ def buffer_padding_randomness() -> bool:
     if current is not os:
         return False
     module.os = _BufferedRandomOs()
+    return True
+
+
+def log_lazily() -> bool:
+    """Make asyncssh's loggers look at the level before they format (idempotent).
+
+    ``SSHLogger.log`` turns every argument into text before ``LoggerAdapter.log`` asks whether
+    the level is enabled, and ``SSHPacketLogger._log_packet`` formats a packet's name and size
+    for ``SSHLogger.packet``, which drops it below debug level 3: per SFTP request and per
+    packet, for nothing unless asyncssh logs at DEBUG. The same records come out when it does.
+    """
+    log: Any = getattr(SSHLogger, "log", None)
+    log_packet: Any = getattr(SSHPacketLogger, "_log_packet", None)
+    if getattr(log, "lazy", False):
+        return True
+    if not callable(log) or not callable(log_packet) or not hasattr(SSHLogger, "_debug_level"):
+        return False
+
+    def lazy_log(self: SSHLogger, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        if self.isEnabledFor(level):
+            log(self, level, msg, *args, **kwargs)
+
+    def lazy_log_packet(self: SSHPacketLogger, *args: Any) -> None:
+        logger: Any = self.logger
+        if logger._debug_level >= 3 and logger.isEnabledFor(logging.DEBUG):
+            log_packet(self, *args)
+
+    lazy_log.lazy = True  # type: ignore[attr-defined]
+    SSHLogger.log = lazy_log  # type: ignore[method-assign]
+    SSHPacketLogger._log_packet = lazy_log_packet  # type: ignore[method-assign,assignment]
     return True

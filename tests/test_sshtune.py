@@ -3,16 +3,20 @@ tests/test_sftp_backend.py runs it against sshd)."""
 
 from __future__ import annotations
 
+import logging
+from types import SimpleNamespace
 from typing import Any
 
 import asyncssh.encryption
+import asyncssh.logging
 import pytest
 from asyncssh.crypto.cipher import GCMCipher
+from asyncssh.packet import SSHPacketLogger
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import given
 from hypothesis import strategies as st
 
-from blobstore.sshtune import _KeyedGCMCipher, keep_gcm_keys
+from blobstore.sshtune import _KeyedGCMCipher, keep_gcm_keys, log_lazily
 
 CIPHERS = st.sampled_from([("aes128-gcm", 16), ("aes256-gcm", 32)])
 # (header, payload) per packet; the header is the 4-byte packet length, as asyncssh sends it.
@@ -83,3 +87,55 @@ def test_installed_only_over_the_internals_it_was_written_for(
     monkeypatch.setattr(GCMCipher, "encrypt_and_sign", renamed_seal)
     assert not keep_gcm_keys()
     assert encryption["GCMCipher"] is GCMCipher
+
+
+@given(CIPHERS, st.binary(min_size=32, max_size=32), PACKETS)
+def test_unsealing_leaves_the_nonce_until_advanced(
+    cipher: tuple[str, int], key_material: bytes, packets: list[tuple[bytes, bytes]]
+) -> None:
+    """What blobstore.sshrecv leans on: a packet opened and handed on is opened again from the
+    same nonce; ``advance`` moves on exactly as opening with ``verify_and_decrypt`` does."""
+    name, key_size = cipher
+    key, iv = key_material[:key_size], key_material[-12:]
+    sender, peeking = GCMCipher(name, key, iv), _KeyedGCMCipher(name, key, iv)
+    opening = _KeyedGCMCipher(name, key, iv)
+    for header, payload in packets:
+        sealed, tag = sender.encrypt_and_sign(header, payload)
+        body = sealed[len(header) :]
+        assert peeking.unseal(header, body, tag) == payload
+        assert peeking.unseal(header, body, tag) == payload
+        peeking.advance()
+        assert opening.verify_and_decrypt(header, body, tag) == payload
+        assert peeking._iv == opening._iv
+
+
+def test_lazy_logging_logs_what_asyncssh_would(caplog: pytest.LogCaptureFixture) -> None:
+    """Below DEBUG nothing is formatted; at DEBUG the records are asyncssh's, arguments
+    turned into text as it does, and packet lines only at its debug level 3."""
+    assert log_lazily()
+    assert log_lazily()  # idempotent
+    logger = asyncssh.logging.logger.get_child("sftp", "chan=1")
+    formatted: list[object] = []
+
+    class Loud:
+        def __str__(self) -> str:
+            formatted.append(self)
+            return "loud"
+
+    with caplog.at_level(logging.INFO, logger="asyncssh"):
+        logger.debug1("never %s", Loud())
+    assert formatted == []
+    assert caplog.records == []
+    with caplog.at_level(logging.DEBUG, logger="asyncssh"):
+        logger.debug1("sent %s for %s", [b"a", "b"], Loud())
+        handler: Any = SimpleNamespace(logger=logger, _handler_names={94: "MSG_CHANNEL_DATA"})
+        SSHPacketLogger._log_packet(handler, "Received", 94, 7, b"abc", "")
+        asyncssh.set_debug_level(3)
+        try:
+            SSHPacketLogger._log_packet(handler, "Received", 94, 7, b"abc", "")
+        finally:
+            asyncssh.set_debug_level(1)
+    assert [r.getMessage().split("\n")[0] for r in caplog.records] == [
+        "[chan=1] sent a,b for loud",
+        "[chan=1, pktid=7] Received MSG_CHANNEL_DATA (94), 3 bytes",
+    ]
