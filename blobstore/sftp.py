@@ -60,7 +60,6 @@ from .backend import (
 from .digest import Digest, DigestError
 from .disk import _coalesce, _decode_meta, _encode_meta  # one metadata format for both
 from .hashing import Hashes, StreamHasher, update_off_loop
-from .sshrecv import fast_receive
 from .sshsend import fast_channel_data, fast_requests
 from .sshtune import (
     buffer_padding_randomness,
@@ -380,7 +379,6 @@ class SftpBackend:
             raise BackendUnavailable(f"cannot connect to {self.where}: {exc}") from exc
         coalesce_writes(conn)
         skip_ignore_packets(conn)
-        fast_receive(conn)
         try:
             async with asyncio.timeout(self._io_timeout):
                 sftp = await conn.start_sftp_client()

@@ -131,20 +131,13 @@ _GCM_TAG = 16
 class _KeyedGCMCipher(GCMCipher):
     """asyncssh's AES-GCM shim, with one ``AESGCM`` per key instead of one per packet.
 
-    The nonces are asyncssh's sequence, in its attribute (``_iv``): the same bytes, tags and
-    nonces (tests/test_sshtune.py), only where the key schedule and the counter live changes.
+    The nonce sequence (``_iv``, ``_update_iv``) is asyncssh's own; only where the key schedule
+    lives changes.
     """
 
     def __init__(self, cipher_name: str, key: bytes, iv: bytes) -> None:
         super().__init__(cipher_name, key, iv)
         self._aead = AESGCM(key)
-        # RFC 5647's nonce: a fixed field and an invocation counter, kept as an int here
-        # rather than parsed back out of the nonce for every packet.
-        self._fixed, self._invocation = iv[:4], int.from_bytes(iv[4:], "big")
-
-    def _update_iv(self) -> None:
-        self._invocation = (self._invocation + 1) & 0xFFFFFFFFFFFFFFFF
-        self._iv = self._fixed + self._invocation.to_bytes(8, "big")
 
     def seal(self, header: bytes, data: bytes) -> bytes:
         """The ciphertext of ``data`` and the tag after it, with the next nonce."""
@@ -152,24 +145,15 @@ class _KeyedGCMCipher(GCMCipher):
         self._update_iv()
         return sealed
 
-    def unseal(self, header: bytes, data: bytes, mac: bytes) -> bytes | None:
-        """The plaintext, or None if the tag does not match; the nonce stays where it is
-        (``advance`` moves it on), so that a packet may be handed on unopened."""
-        try:
-            plain: bytes = self._aead.decrypt(self._iv, data + mac, header)
-        except InvalidTag:
-            return None
-        return plain
-
-    def advance(self) -> None:
-        self._update_iv()
-
     def encrypt_and_sign(self, header: bytes, data: bytes) -> tuple[bytes, bytes]:
         sealed = memoryview(self.seal(header, data))
         return header + sealed[:-_GCM_TAG], bytes(sealed[-_GCM_TAG:])
 
     def verify_and_decrypt(self, header: bytes, data: bytes, mac: bytes) -> bytes | None:
-        plain = self.unseal(header, data, mac)
+        try:
+            plain: bytes | None = self._aead.decrypt(self._iv, data + mac, header)
+        except InvalidTag:
+            plain = None
         self._update_iv()
         return plain
 

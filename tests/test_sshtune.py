@@ -89,26 +89,6 @@ def test_installed_only_over_the_internals_it_was_written_for(
     assert encryption["GCMCipher"] is GCMCipher
 
 
-@given(CIPHERS, st.binary(min_size=32, max_size=32), PACKETS)
-def test_unsealing_leaves_the_nonce_until_advanced(
-    cipher: tuple[str, int], key_material: bytes, packets: list[tuple[bytes, bytes]]
-) -> None:
-    """What blobstore.sshrecv leans on: a packet opened and handed on is opened again from the
-    same nonce; ``advance`` moves on exactly as opening with ``verify_and_decrypt`` does."""
-    name, key_size = cipher
-    key, iv = key_material[:key_size], key_material[-12:]
-    sender, peeking = GCMCipher(name, key, iv), _KeyedGCMCipher(name, key, iv)
-    opening = _KeyedGCMCipher(name, key, iv)
-    for header, payload in packets:
-        sealed, tag = sender.encrypt_and_sign(header, payload)
-        body = sealed[len(header) :]
-        assert peeking.unseal(header, body, tag) == payload
-        assert peeking.unseal(header, body, tag) == payload
-        peeking.advance()
-        assert opening.verify_and_decrypt(header, body, tag) == payload
-        assert peeking._iv == opening._iv
-
-
 def test_lazy_logging_logs_what_asyncssh_would(caplog: pytest.LogCaptureFixture) -> None:
     """Below DEBUG nothing is formatted; at DEBUG the records are asyncssh's, arguments
     turned into text as it does, and packet lines only at its debug level 3."""
