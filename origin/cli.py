@@ -4,10 +4,11 @@ commands (``serve``, ``db``, ``token``, ``recommender``) in ``origin.commands``.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 from pathlib import Path
+
+import uvloop
 
 from .tokens import SCOPES
 from .uploader import Options, OriginUnusable, UsageError, collect, read_batch, upload
@@ -120,7 +121,9 @@ def _upload_command(args: argparse.Namespace) -> int:
         )
         return 2
     try:
-        summary = asyncio.run(upload(items, options))
+        # uvloop, as the origin's workers: its transport writes each block without the copy
+        # into a buffer that asyncio's makes whenever the socket takes only part of it.
+        summary = uvloop.run(upload(items, options))
     except OriginUnusable as exc:
         print(f"origin upload: {exc}", file=sys.stderr)
         return 1
