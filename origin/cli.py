@@ -121,8 +121,8 @@ def _upload_command(args: argparse.Namespace) -> int:
         )
         return 2
     try:
-        # uvloop, as the origin's workers: its transport writes each block without the copy
-        # into a buffer that asyncio's makes whenever the socket takes only part of it.
+        # uvloop, as the origin's workers: a tenth less of the client's CPU per MiB sent
+        # (docs/BENCHMARKS.md, bulk upload).
         summary = uvloop.run(upload(items, options))
     except OriginUnusable as exc:
         print(f"origin upload: {exc}", file=sys.stderr)
