@@ -244,10 +244,10 @@ def log_lazily() -> bool:
         if self.isEnabledFor(level):
             log(self, level, msg, *args, **kwargs)
 
-    def lazy_log_packet(self: SSHPacketLogger, *args: Any) -> None:
+    def lazy_log_packet(self: SSHPacketLogger, *args: Any, **kwargs: Any) -> None:
         logger: Any = self.logger
         if logger._debug_level >= 3 and logger.isEnabledFor(logging.DEBUG):
-            log_packet(self, *args)
+            log_packet(self, *args, **kwargs)
 
     lazy_log.lazy = True  # type: ignore[attr-defined]
     SSHLogger.log = lazy_log  # type: ignore[method-assign]

@@ -1,5 +1,6 @@
-"""blobstore.sshtune's keyed AES-GCM shim is asyncssh's own, byte for byte (no server needed;
-tests/test_sftp_backend.py runs it against sshd)."""
+"""blobstore.sshtune's keyed AES-GCM shim is asyncssh's own, byte for byte, and its lazy loggers
+log what asyncssh's would (no server needed; tests/test_sftp_backend.py runs both against
+sshd)."""
 
 from __future__ import annotations
 
@@ -103,7 +104,7 @@ def test_lazy_logging_logs_what_asyncssh_would(caplog: pytest.LogCaptureFixture)
             return "loud"
 
     with caplog.at_level(logging.INFO, logger="asyncssh"):
-        logger.debug1("never %s", Loud())
+        logger.debug1("never %s", [Loud()])  # asyncssh joins a list's items as text
     assert formatted == []
     assert caplog.records == []
     with caplog.at_level(logging.DEBUG, logger="asyncssh"):
