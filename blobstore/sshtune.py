@@ -251,5 +251,5 @@ def log_lazily() -> bool:
 
     lazy_log.lazy = True  # type: ignore[attr-defined]
     SSHLogger.log = lazy_log  # type: ignore[method-assign]
-    SSHPacketLogger._log_packet = lazy_log_packet  # type: ignore[method-assign,assignment]
+    SSHPacketLogger._log_packet = lazy_log_packet  # type: ignore[method-assign]
     return True
