@@ -111,11 +111,12 @@ def test_lazy_logging_logs_what_asyncssh_would(caplog: pytest.LogCaptureFixture)
         logger.debug1("sent %s for %s", [b"a", "b"], Loud())
         handler: Any = SimpleNamespace(logger=logger, _handler_names={94: "MSG_CHANNEL_DATA"})
         SSHPacketLogger._log_packet(handler, "Received", 94, 7, b"abc", "")
+        level = asyncssh.logging.SSHLogger._debug_level
         asyncssh.set_debug_level(3)
         try:
             SSHPacketLogger._log_packet(handler, "Received", 94, 7, b"abc", "")
         finally:
-            asyncssh.set_debug_level(1)
+            asyncssh.set_debug_level(level)
     assert [r.getMessage().split("\n")[0] for r in caplog.records] == [
         "[chan=1] sent a,b for loud",
         "[chan=1, pktid=7] Received MSG_CHANNEL_DATA (94), 3 bytes",
