@@ -228,10 +228,11 @@ def buffer_padding_randomness() -> bool:
 def log_lazily() -> bool:
     """Make asyncssh's loggers look at the level before they format (idempotent).
 
-    ``SSHLogger.log`` turns every argument into text before ``LoggerAdapter.log`` asks whether
-    the level is enabled, and ``SSHPacketLogger._log_packet`` formats a packet's name and size
-    for ``SSHLogger.packet``, which drops it below debug level 3: per SFTP request and per
-    packet, for nothing unless asyncssh logs at DEBUG. The same records come out when it does.
+    ``SSHLogger.log`` turns its list, tuple and bytes arguments into text before
+    ``LoggerAdapter.log`` asks whether the level is enabled, and
+    ``SSHPacketLogger._log_packet`` formats a packet's name and size for ``SSHLogger.packet``,
+    which drops it below debug level 3: per SFTP request and per packet, for nothing unless
+    asyncssh logs at DEBUG. The same records come out when it does.
     """
     log: Any = getattr(SSHLogger, "log", None)
     log_packet: Any = getattr(SSHPacketLogger, "_log_packet", None)
