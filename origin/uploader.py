@@ -2,24 +2,29 @@
 
 For people used to ``sftp`` and ``rsync``: recursive, exclude globs and a gitignore-style
 ignore file, ``put LOCAL [NAME]`` batch files like ``sftp -b``. Files are hashed in parallel on
-every core (hashes are cached by path, size and mtime, so a re-run rehashes only what
-changed), the origin is asked which digests it lacks (``POST /blobs/missing``), and the rest
-goes up over N parallel streams with retries. A re-run after an interruption uploads only what
-is still missing. Progress goes to a terminal as a live display, elsewhere as plain lines.
+every core, largest first (hashes are cached by path, size and mtime, so a re-run rehashes
+only what changed); as digests become known the origin is asked in batches which it lacks
+(``POST /blobs/missing``), and each missing one goes up at once, over N parallel streams with
+retries: sending starts while the rest of the tree is still being hashed. A re-run after an
+interruption uploads only what is still missing. Special files (FIFOs, devices) are reported,
+not read. Progress goes to a terminal as a live display, elsewhere as plain lines.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 import mimetypes
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any
 
 import aiofiles
@@ -30,6 +35,9 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 from tenacity import wait_exponential_jitter as jitter
 
 MISSING_BATCH = 1000
+MIN_BATCH = 64
+# How long a batch of digests waits for more while files are still being hashed.
+LINGER = 0.05
 READ_BLOCK = 1 << 20
 # Files up to this size are read whole (one thread hop) and sent as one body; their upload is
 # mostly waiting for the origin's round trips to the store, so more of them go at once.
@@ -50,7 +58,7 @@ class Transient(Exception):
 
 class OriginUnusable(Exception):
     """The origin could not say which blobs it lacks (unreachable, refusing, not an origin):
-    nothing was sent."""
+    the run stops. When that is its first answer, nothing has been sent."""
 
 
 @dataclass
@@ -156,39 +164,56 @@ def _load_cache(path: Path | None) -> dict[str, list[Any]]:
         return {}
 
 
-async def hash_all(items: list[Item], cache_path: Path | None) -> None:
+async def hashed(items: list[Item], cache_path: Path | None) -> AsyncGenerator[Item, None]:
+    """Each item as its digest becomes known, largest file first: those the cache knows at once,
+    the rest as the worker processes (one per core) finish them. Unreadable items come with their
+    error. The cache is saved after the last digest, before the iteration ends."""
     # The cache, and a stat of every file, are file-system work: off the event loop.
     cache = await asyncio.to_thread(_load_cache, cache_path)
-    loop = asyncio.get_running_loop()
+    todo = await asyncio.to_thread(_not_cached, items, cache)
+    waiting = {id(i) for i in todo}
+    for item in sorted(items, key=lambda i: i.size, reverse=True):
+        if id(item) not in waiting:
+            yield item
     # A file changed within the file system's timestamp granularity of being hashed would keep
     # its identity ("racy git"): digests of files that recent are used but not cached.
     racy_after = time.time_ns() - RACY_NS
-    identity: dict[int, list[int]] = {}
-    todo = await asyncio.to_thread(_not_cached, items, cache)
-    with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        futures = [loop.run_in_executor(pool, _hash_file, str(i.path)) for i in todo]
-        for item, result in zip(
-            todo, await asyncio.gather(*futures, return_exceptions=True), strict=True
-        ):
-            if isinstance(result, OSError):
-                item.error = f"cannot read: {result.strerror}"
-            elif isinstance(result, BaseException):
-                item.error = f"cannot hash: {result}"
-            else:
-                item.digest, identity[id(item)] = result
-                item.size, item.mtime_ns = result[1][0], result[1][1]
+    fresh: list[tuple[Item, list[int]]] = []
+    done: asyncio.Queue[Item] = asyncio.Queue()
+    loop = asyncio.get_running_loop()
+    pool = ProcessPoolExecutor(max_workers=os.cpu_count() or 1)
+
+    def finished(item: Item, future: asyncio.Future[tuple[str, list[int]]]) -> None:
+        if future.cancelled():
+            return
+        if isinstance(exc := future.exception(), OSError):
+            item.error = f"cannot read: {exc.strerror}"
+        elif exc is not None:
+            item.error = f"cannot hash: {exc}"
+        else:
+            item.digest, key = future.result()
+            item.size, item.mtime_ns = key[0], key[1]
+            if max(key[1:3]) < racy_after:
+                fresh.append((item, key))
+        done.put_nowait(item)
+
+    try:
+        # Submitted largest first, so that the first uploads can start on the largest files.
+        for item in sorted(todo, key=lambda i: i.size, reverse=True):
+            future = loop.run_in_executor(pool, _hash_file, str(item.path))
+            future.add_done_callback(functools.partial(finished, item))
+        for _ in todo:
+            yield await done.get()
+    finally:
+        # On an early stop the workers finish the file they are on and exit; nothing waits.
+        pool.shutdown(wait=False, cancel_futures=True)
     if cache_path is not None:
-        fresh = [
-            (item, key) for item in todo
-            if item.digest is not None and (key := identity.get(id(item))) is not None
-            and max(key[1:3]) < racy_after
-        ]  # fmt: skip
         await asyncio.to_thread(_save_cache, cache_path, cache, fresh)
 
 
 def _not_cached(items: list[Item], cache: dict[str, list[Any]]) -> list[Item]:
-    """Fills in the digest of each item the cache knows under its current identity; returns
-    the others (unreadable ones get their error and are in neither)."""
+    """Fills in the size of each item, and the digest of each the cache knows under its current
+    identity; returns the ones to hash (unreadable ones get their error and are not among them)."""
     todo: list[Item] = []
     for item in items:
         try:
@@ -196,9 +221,14 @@ def _not_cached(items: list[Item], cache: dict[str, list[Any]]) -> list[Item]:
         except OSError as exc:
             item.error = f"cannot read: {exc.strerror}"
             continue
+        if not S_ISREG(stat.st_mode):
+            # A FIFO or a device would block the hashing, or never end; rsync skips them too.
+            item.error = "not a regular file"
+            continue
+        item.size, item.mtime_ns = stat.st_size, stat.st_mtime_ns
         cached = cache.get(str(item.path.resolve()))
         if cached and cached[:-1] == _identity(stat):
-            item.size, item.mtime_ns, item.digest = stat.st_size, stat.st_mtime_ns, cached[-1]
+            item.digest = cached[-1]
         else:
             todo.append(item)
     return todo
@@ -220,9 +250,14 @@ def _save_cache(
 
 @dataclass
 class Progress:
-    total_files: int
-    total_bytes: int
+    """What is known to be missing grows while files are still being hashed and checked, so the
+    totals grow too; the ETA is shown once every file has been checked."""
+
+    to_check: int
     live: bool
+    checked: int = 0
+    total_files: int = 0
+    total_bytes: int = 0
     done_files: int = 0
     done_bytes: int = 0
     started: float = field(default_factory=time.monotonic)
@@ -248,27 +283,50 @@ class Progress:
                 TransferSpeedColumn(), TimeRemainingColumn(), MofNCompleteColumn(),
             )  # fmt: skip
             self._display.start()
-            self._task = self._display.add_task(
-                "uploading", total=self.total_bytes, files=self.total_files
-            )
+            self._task = self._display.add_task(self._description(), total=0)
         return self
+
+    def found(self, files: int, nbytes: int) -> None:
+        """Files checked, and of them ``files`` of ``nbytes`` to send."""
+        self.total_files += files
+        self.total_bytes += nbytes
+        if self._display is not None:
+            self._display.update(self._task, total=self.total_bytes)
+
+    def check(self, files: int) -> None:
+        self.checked += files
+        if self._display is not None:
+            self._display.update(self._task, description=self._description())
 
     def advance(self, nbytes: int, finished_file: bool = False) -> None:
         self.done_bytes += nbytes
         self.done_files += finished_file
         if self._display is not None:
             self._display.update(self._task, advance=nbytes)
-        elif time.monotonic() - self._last_line >= 5 or self.done_bytes == self.total_bytes:
+        elif time.monotonic() - self._last_line >= 5 or self._finished():
             self._last_line = time.monotonic()
             print(self.line(), flush=True)
+
+    def _finished(self) -> bool:
+        return self.checked == self.to_check and self.done_bytes == self.total_bytes
+
+    def _description(self) -> str:
+        if self.checked == self.to_check:
+            return "uploading"
+        return f"uploading, {self.checked}/{self.to_check} checked"
 
     def line(self) -> str:
         elapsed = max(time.monotonic() - self.started, 1e-6)
         rate = self.done_bytes / elapsed
         left = (self.total_bytes - self.done_bytes) / rate if rate else 0
+        eta = (
+            f"ETA {left:.0f}s"
+            if self.checked == self.to_check
+            else f"{self.checked}/{self.to_check} checked"
+        )
         return (
             f"{self.done_files}/{self.total_files} files, {self.done_bytes / 2**20:.1f}/"
-            f"{self.total_bytes / 2**20:.1f} MiB, {rate / 2**20:.1f} MiB/s, ETA {left:.0f}s"
+            f"{self.total_bytes / 2**20:.1f} MiB, {rate / 2**20:.1f} MiB/s, {eta}"
         )
 
     def __exit__(self, *exc: object) -> None:
@@ -285,7 +343,7 @@ class Client:
     async def _retrying(self, attempt: Any) -> Any:
         async for trial in AsyncRetrying(
             stop=stop_after_attempt(self._options.retries),
-            wait=jitter(initial=0.5, max=10),
+            wait=jitter(multiplier=0.5, max=10),
             retry=retry_if_exception_type(Transient),
             reraise=True,
         ):
@@ -306,20 +364,8 @@ class Client:
         return await self._retrying(attempt)
 
     async def missing(self, digests: list[str]) -> set[str]:
-        # At least one batch per stream, all asked at once: each answer costs the origin a store
-        # lookup per digest, and one batch at a time kept one of its workers busy, the rest idle.
-        size = max(1, min(MISSING_BATCH, -(-len(digests) // self._options.jobs)))
-        gate = asyncio.Semaphore(self._options.jobs)
-
-        async def ask(batch: list[str]) -> list[str]:
-            async with gate:
-                answer = await self._json("POST", "/blobs/missing", {"digests": batch})
-                return list(answer["missing"])
-
-        answers = await asyncio.gather(
-            *(ask(digests[i : i + size]) for i in range(0, len(digests), size))
-        )
-        return {d for answer in answers for d in answer}
+        answer = await self._json("POST", "/blobs/missing", {"digests": digests})
+        return set(answer["missing"])
 
     async def put(self, item: Item, progress: Progress) -> None:
         content_type = MEDIA_TYPES.get(item.path.suffix.lower()) or (
@@ -398,50 +444,128 @@ class Summary:
     seconds: float
 
 
+class _Run:
+    """Hashing, asking and sending at once: each digest is asked about as soon as it is known
+    (with others that arrived meanwhile), and each missing one is sent as soon as it is known
+    missing, so a large tree's first bytes go out within a file's hashing of the start."""
+
+    def __init__(self, client: Client, options: Options, progress: Progress) -> None:
+        self._client, self._options, self._progress = client, options, progress
+        self._hashed: asyncio.Queue[Item | None] = asyncio.Queue()
+        self._all_hashed = False
+        # digest -> the file whose upload stands for every file with those bytes
+        self._claimed: dict[str, Item] = {}
+        self.todo: list[Item] = []
+        self._streams = asyncio.Semaphore(options.jobs)
+        self._small = asyncio.Semaphore(options.small_jobs or SMALL_PER_JOB * options.jobs)
+        self._asking = asyncio.Semaphore(options.jobs)
+
+    async def run(self, source: AsyncGenerator[Item, None]) -> None:
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._feed(source))
+                while batch := await self._next_batch():
+                    await self._asking.acquire()
+                    tasks.create_task(self._ask(batch, tasks))
+        except ExceptionGroup as group:
+            # Uploads report their own failures; what reaches here stops the run.
+            unusable = [e for e in group.exceptions if isinstance(e, OriginUnusable)]
+            if unusable:
+                raise unusable[0] from None
+            raise
+
+    async def _feed(self, source: AsyncGenerator[Item, None]) -> None:
+        async with contextlib.aclosing(source):
+            async for item in source:
+                self._hashed.put_nowait(item)
+        self._all_hashed = True
+        self._hashed.put_nowait(None)
+
+    async def _next_batch(self) -> list[Item]:
+        """What has been hashed and not yet asked about; empty at the end."""
+        first = await self._hashed.get()
+        if first is None:
+            return []
+        if not self._all_hashed and self._hashed.qsize() < MIN_BATCH:
+            # While files are still being hashed, let a few more arrive: one request per file
+            # would cost the origin more than the wait costs the upload.
+            await asyncio.sleep(LINGER)
+        # At least one batch per stream when many are ready (a re-run): each answer costs the
+        # origin a store lookup per digest, and one batch at a time kept one of its workers
+        # busy, the rest idle.
+        share = -(-self._hashed.qsize() // self._options.jobs)
+        batch = [first]
+        while len(batch) < min(MISSING_BATCH, max(MIN_BATCH, share)) and not self._hashed.empty():
+            item = self._hashed.get_nowait()
+            if item is None:
+                self._hashed.put_nowait(None)  # the end, for the next call
+                break
+            batch.append(item)
+        return batch
+
+    async def _ask(self, batch: list[Item], tasks: asyncio.TaskGroup) -> None:
+        try:
+            digests = []
+            for item in batch:
+                if item.digest is not None and item.digest not in self._claimed:
+                    self._claimed[item.digest] = item
+                    digests.append(item.digest)
+            try:
+                missing = await self._client.missing(digests) if digests else set()
+            # Retries spent, a 4xx, a body that is not JSON or not the answer's shape.
+            except (Transient, RuntimeError, ValueError, LookupError, TypeError) as exc:
+                raise OriginUnusable(
+                    f"{self._options.url} could not say which blobs it lacks: {exc}"
+                ) from None
+            send = [self._claimed[d] for d in digests if d in missing]
+            self.todo += send
+            self._progress.found(len(send), sum(i.size for i in send))
+            self._progress.check(len(batch))
+            if not self._options.dry_run:
+                for item in send:
+                    tasks.create_task(self._send(item))
+        finally:
+            self._asking.release()
+
+    async def _send(self, item: Item) -> None:
+        # Small files have gates of their own and fill the gaps between the large ones.
+        async with self._small if item.size <= SMALL_FILE else self._streams:
+            try:
+                await self._client.put(item, self._progress)
+                item.uploaded = True
+                self._progress.advance(0, finished_file=True)
+            except Exception as exc:  # reported per file; the rest go on
+                item.error = f"upload failed: {exc}"
+
+
 async def upload(items: list[Item], options: Options) -> Summary:
+    """Hash ``items`` (or take their digests from the cache) and send what the origin lacks."""
+    return await upload_hashed(items, hashed(items, options.hash_cache), options)
+
+
+async def upload_hashed(
+    items: list[Item], source: AsyncGenerator[Item, None], options: Options
+) -> Summary:
+    """Send what the origin lacks of ``items``, whose digests (or errors) ``source`` yields."""
     started = time.monotonic()
-    await hash_all(items, options.hash_cache)
-    hashed = [i for i in items if i.digest is not None]
+    live = sys.stdout.isatty() if options.progress is None else options.progress
     async with aiohttp.ClientSession(
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=30)
     ) as session:
         client = Client(session, options)
-        try:
-            missing = await client.missing(sorted({i.digest for i in hashed if i.digest}))
-        # Retries spent, a 4xx, a body that is not JSON or not the answer's shape.
-        except (Transient, RuntimeError, ValueError, LookupError, TypeError) as exc:
-            raise OriginUnusable(
-                f"{options.url} could not say which blobs it lacks: {exc}"
-            ) from None
-        # One upload per digest, however many files share it.
-        todo = list({i.digest: i for i in hashed if i.digest in missing}.values())
-        live = sys.stdout.isatty() if options.progress is None else options.progress
+        with Progress(len(items), live and not options.dry_run) as progress:
+            run = _Run(client, options, progress)
+            await run.run(source)
+        hashed_ok = [i for i in items if i.digest is not None]
         if options.dry_run:
-            print(f"would upload {len(todo)} blobs, {sum(i.size for i in todo)} bytes")
+            print(f"would upload {len(run.todo)} blobs, {sum(i.size for i in run.todo)} bytes")
         else:
-            with Progress(len(todo), sum(i.size for i in todo), live) as progress:
-                # Largest first, so that the run does not end on one big file alone; small files
-                # have gates of their own and fill the gaps from the start.
-                todo.sort(key=lambda i: i.size, reverse=True)
-                streams = asyncio.Semaphore(options.jobs)
-                small = asyncio.Semaphore(options.small_jobs or SMALL_PER_JOB * options.jobs)
-
-                async def one(item: Item) -> None:
-                    async with small if item.size <= SMALL_FILE else streams:
-                        try:
-                            await client.put(item, progress)
-                            item.uploaded = True
-                            progress.advance(0, finished_file=True)
-                        except Exception as exc:  # reported per file; the rest go on
-                            item.error = f"upload failed: {exc}"
-
-                await asyncio.gather(*(one(i) for i in todo))
-            failed_digests = {i.digest for i in todo if i.error}
-            for item in hashed:
+            failed_digests = {i.digest for i in run.todo if i.error}
+            for item in hashed_ok:
                 if item.digest in failed_digests and not item.error:
                     item.error = "upload failed (same content as another file)"
             if options.register:
-                for item in hashed:
+                for item in hashed_ok:
                     if not item.error:
                         try:
                             item.asset_id = await client.register(

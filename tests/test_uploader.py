@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
@@ -11,9 +12,12 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import AsyncGenerator
 from pathlib import Path
 
 import blake3
+
+from origin.uploader import Item, Options, Progress, upload_hashed
 
 from .conftest import LiveOrigin
 
@@ -160,6 +164,59 @@ def test_unreadable_file_is_reported_and_the_rest_uploads(
     assert result.returncode == 1
     assert "FAILED broken.glb: cannot read" in result.stderr
     assert b3(b"good bytes") in stored(live_origin)
+
+
+def test_a_fifo_is_reported_not_waited_on(live_origin: LiveOrigin, tmp_path: Path) -> None:
+    tree = tmp_path / "t"
+    make_tree(tree, {"good.glb": b"sent anyway"})
+    os.mkfifo(tree / "pipe.glb")  # opening it to hash would wait for a writer forever
+    result = subprocess.run(
+        [sys.executable, "-m", "origin", "upload", "--url", live_origin.url, str(tree)],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "ORIGIN_TOKEN": live_origin.token, "XDG_CACHE_HOME": str(tmp_path)},
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "FAILED pipe.glb: not a regular file" in result.stderr
+    assert b3(b"sent anyway") in stored(live_origin)
+
+
+async def test_uploads_start_before_the_last_file_is_hashed(
+    live_origin: LiveOrigin, tmp_path: Path
+) -> None:
+    """The digests come from a source that holds the second file back until the first is on
+    the origin: a run that hashed everything before sending anything would wait forever."""
+    first, second = tmp_path / "first.glb", tmp_path / "second.glb"
+    first.write_bytes(os.urandom(200_000))
+    second.write_bytes(os.urandom(3 << 20))
+    items = [Item(first, first.name), Item(second, second.name)]
+
+    async def source() -> AsyncGenerator[Item, None]:
+        for item in items:
+            item.size = item.path.stat().st_size
+            item.digest = b3(item.path.read_bytes())
+        yield items[0]
+        async with asyncio.timeout(30):
+            # Another process's files: nothing to wait on but the files themselves.
+            while items[0].digest not in stored(live_origin):  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+        yield items[1]
+
+    options = Options(url=live_origin.url, token=live_origin.token, progress=False)
+    summary = await upload_hashed(items, source(), options)
+    assert (summary.uploaded, summary.failed) == (2, 0)
+    assert {i.digest for i in items} <= stored(live_origin)
+
+
+def test_progress_has_an_eta_only_once_every_file_is_checked() -> None:
+    progress = Progress(to_check=3, live=False)
+    progress.found(files=1, nbytes=2 << 20)
+    progress.check(2)
+    progress.done_bytes = 1 << 20
+    assert progress.line().endswith("2/3 checked")
+    assert "0/1 files, 1.0/2.0 MiB" in progress.line()
+    progress.check(1)
+    assert "ETA" in progress.line()
+    assert "checked" not in progress.line()
 
 
 def test_batch_file_dry_run_and_bad_input(live_origin: LiveOrigin, tmp_path: Path) -> None:
