@@ -181,7 +181,10 @@ async def hashed(items: list[Item], cache_path: Path | None) -> AsyncGenerator[I
     fresh: list[tuple[Item, list[int]]] = []
     done: asyncio.Queue[Item] = asyncio.Queue()
     loop = asyncio.get_running_loop()
-    pool = ProcessPoolExecutor(max_workers=os.cpu_count() or 1)
+    # Niced: while uploads go on, sending what is known comes before hashing what is next (the
+    # origin and the rest of the machine first); the hashing takes what is left, all of an idle
+    # machine.
+    pool = ProcessPoolExecutor(max_workers=os.cpu_count() or 1, initializer=os.nice, initargs=(10,))
 
     def finished(item: Item, future: asyncio.Future[tuple[str, list[int]]]) -> None:
         if future.cancelled():
@@ -198,8 +201,9 @@ async def hashed(items: list[Item], cache_path: Path | None) -> AsyncGenerator[I
         done.put_nowait(item)
 
     try:
-        # Submitted largest first, so that the first uploads can start on the largest files.
-        for item in sorted(todo, key=lambda i: i.size, reverse=True):
+        # Small files first (they hash in moments and then fill the gaps between the large
+        # ones), then the rest largest first, the order they are sent in.
+        for item in sorted(todo, key=lambda i: (i.size > SMALL_FILE, -i.size)):
             future = loop.run_in_executor(pool, _hash_file, str(item.path))
             future.add_done_callback(functools.partial(finished, item))
         for _ in todo:
