@@ -2,8 +2,8 @@
 
 For people used to ``sftp`` and ``rsync``: recursive, exclude globs and a gitignore-style
 ignore file, ``put LOCAL [NAME]`` batch files like ``sftp -b``. Files are hashed in parallel on
-every core, largest first (hashes are cached by path, size and mtime, so a re-run rehashes
-only what changed); as digests become known the origin is asked in batches which it lacks
+every core, small files first and then the largest (hashes are cached by path, size and
+mtime, so a re-run rehashes only what changed); as digests become known the origin is asked in batches which it lacks
 (``POST /blobs/missing``), and each missing one goes up at once, over N parallel streams with
 retries: sending starts while the rest of the tree is still being hashed. A re-run after an
 interruption uploads only what is still missing. Special files (FIFOs, devices) are reported,
@@ -165,8 +165,8 @@ def _load_cache(path: Path | None) -> dict[str, list[Any]]:
 
 
 async def hashed(items: list[Item], cache_path: Path | None) -> AsyncGenerator[Item, None]:
-    """Each item as its digest becomes known, largest file first: those the cache knows at once,
-    the rest as the worker processes (one per core) finish them. Unreadable items come with their
+    """Each item as its digest becomes known: those the cache knows at once (largest first), the
+    rest as the worker processes (one per core) finish them. Unreadable items come with their
     error. The cache is saved after the last digest, before the iteration ends."""
     # The cache, and a stat of every file, are file-system work: off the event loop.
     cache = await asyncio.to_thread(_load_cache, cache_path)
