@@ -275,7 +275,7 @@ class Progress:
             from rich.progress import (
                 BarColumn,
                 DownloadColumn,
-                MofNCompleteColumn,
+                TextColumn,
                 TimeRemainingColumn,
                 TransferSpeedColumn,
             )  # fmt: skip
@@ -285,10 +285,10 @@ class Progress:
 
             self._display = Bar(
                 "[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-                TransferSpeedColumn(), TimeRemainingColumn(), MofNCompleteColumn(),
+                TransferSpeedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[files]}"),
             )  # fmt: skip
             self._display.start()
-            self._task = self._display.add_task(self._description(), total=0)
+            self._task = self._display.add_task(self._description(), total=0, files=self._files())
         return self
 
     def found(self, files: int, nbytes: int) -> None:
@@ -296,7 +296,7 @@ class Progress:
         self.total_files += files
         self.total_bytes += nbytes
         if self._display is not None:
-            self._display.update(self._task, total=self.total_bytes)
+            self._display.update(self._task, total=self.total_bytes, files=self._files())
 
     def check(self, files: int) -> None:
         self.checked += files
@@ -307,13 +307,16 @@ class Progress:
         self.done_bytes += nbytes
         self.done_files += finished_file
         if self._display is not None:
-            self._display.update(self._task, advance=nbytes)
+            self._display.update(self._task, advance=nbytes, files=self._files())
         elif time.monotonic() - self._last_line >= 5 or self._finished():
             self._last_line = time.monotonic()
             print(self.line(), flush=True)
 
     def _finished(self) -> bool:
         return self.checked == self.to_check and self.done_bytes == self.total_bytes
+
+    def _files(self) -> str:
+        return f"{self.done_files}/{self.total_files} files"
 
     def _description(self) -> str:
         if self.checked == self.to_check:
@@ -330,7 +333,7 @@ class Progress:
             else f"{self.checked}/{self.to_check} checked"
         )
         return (
-            f"{self.done_files}/{self.total_files} files, {self.done_bytes / 2**20:.1f}/"
+            f"{self._files()}, {self.done_bytes / 2**20:.1f}/"
             f"{self.total_bytes / 2**20:.1f} MiB, {rate / 2**20:.1f} MiB/s, {eta}"
         )
 
