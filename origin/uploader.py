@@ -45,6 +45,9 @@ READ_BLOCK = 1 << 20
 SMALL_FILE = 1 << 20
 SMALL_PER_JOB = 4
 RACY_NS = 2_000_000_000
+# While hashing goes on, the hash cache is written at most this often, so that a run killed
+# before the last file is hashed keeps what it hashed.
+CACHE_SAVE_EVERY = 30.0
 # glTF media types, which the mimetypes module does not know everywhere.
 MEDIA_TYPES = {".glb": "model/gltf-binary", ".gltf": "model/gltf+json", ".tscn": "text/plain"}
 
@@ -168,7 +171,8 @@ def _load_cache(path: Path | None) -> dict[str, list[Any]]:
 async def hashed(items: list[Item], cache_path: Path | None) -> AsyncGenerator[Item, None]:
     """Each item as its digest becomes known: those the cache knows at once (largest first), the
     rest as the worker processes (one per core) finish them. Unreadable items come with their
-    error. The cache is saved after the last digest, before the iteration ends."""
+    error. The cache is saved every ``CACHE_SAVE_EVERY`` seconds while hashing goes on and after
+    the last digest, before the iteration ends."""
     # The cache, and a stat of every file, are file-system work: off the event loop.
     cache = await asyncio.to_thread(_load_cache, cache_path)
     todo = await asyncio.to_thread(_not_cached, items, cache)
@@ -207,8 +211,12 @@ async def hashed(items: list[Item], cache_path: Path | None) -> AsyncGenerator[I
         for item in sorted(todo, key=lambda i: (i.size > SMALL_FILE, -i.size)):
             future = loop.run_in_executor(pool, _hash_file, str(item.path))
             future.add_done_callback(functools.partial(finished, item))
+        saved = time.monotonic()
         for _ in todo:
             yield await done.get()
+            if cache_path is not None and time.monotonic() - saved >= CACHE_SAVE_EVERY:
+                await asyncio.to_thread(_save_cache, cache_path, cache, fresh.copy())
+                saved = time.monotonic()
     finally:
         # On an early stop the workers finish the file they are on and exit; nothing waits.
         pool.shutdown(wait=False, cancel_futures=True)

@@ -16,8 +16,10 @@ from collections.abc import AsyncGenerator
 from pathlib import Path
 
 import blake3
+import pytest
 
-from origin.uploader import Item, Options, Progress, upload_hashed
+from origin import uploader
+from origin.uploader import Item, Options, Progress, hashed, upload_hashed
 
 from .conftest import LiveOrigin
 
@@ -205,6 +207,23 @@ async def test_uploads_start_before_the_last_file_is_hashed(
     summary = await upload_hashed(items, source(), options)
     assert (summary.uploaded, summary.failed) == (2, 0)
     assert {i.digest for i in items} <= stored(live_origin)
+
+
+async def test_a_run_stopped_while_hashing_keeps_the_digests_it_had(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(uploader, "CACHE_SAVE_EVERY", 0.0)
+    monkeypatch.setattr(uploader, "RACY_NS", 0)  # files written just now may be cached
+    files = {tmp_path / f"f{i}.bin": os.urandom(2 << 20) for i in range(3)}
+    for path, data in files.items():
+        path.write_bytes(data)
+    cache = tmp_path / "hashes.json"
+    source = hashed([Item(path, path.name) for path in files], cache)
+    first = await anext(source)
+    await anext(source)  # the cache is written before the second file comes
+    await source.aclose()  # stopped with a file still to come: the final write never happens
+    saved = json.loads(cache.read_text())
+    assert saved[str(first.path.resolve())][-1] == b3(files[first.path])
 
 
 def test_progress_has_an_eta_only_once_every_file_is_checked() -> None:
