@@ -7,10 +7,10 @@ origin with a private sshd as its durable store (as bench/upload_ab.py does), up
 once with the live display off (plain progress lines every 5 s) and prints each line with the
 seconds since the upload started and the whole machine's busy CPU over the interval before it
 (200 % = both cores; softirq included, unlike the benchmarks' per-process figures). The first
-line comes once the first file has been sent (before the seventh session's change, once the whole
+line comes with the first bytes sent (before the seventh session's change, once the whole
 tree had been hashed and ``/blobs/missing`` answered). With several ``--origin`` executables (e.g.
 from bench/origin_at.sh) and ``--rounds``, the same tree goes through each in turn, A B B A, each
-run on a new origin and sshd, and the run times are summed up at the end. Results:
+run on a new origin and sshd, and each one's run times are listed at the end. Results:
 docs/BENCHMARKS.md, "Bulk upload".
 
     flock /tmp/bench.lock .venv/bin/python bench/upload_timeline.py
