@@ -171,14 +171,13 @@ def _load_cache(path: Path | None) -> dict[str, list[Any]]:
 async def hashed(items: list[Item], cache_path: Path | None) -> AsyncGenerator[Item, None]:
     """Each item as its digest becomes known: those the cache knows at once (largest first), the
     rest as the worker processes (one per core) finish them. Unreadable items come with their
-    error. The cache is saved every ``CACHE_SAVE_EVERY`` seconds while hashing goes on and after
-    the last digest, before the iteration ends."""
+    error. The cache is saved while hashing goes on (every ``CACHE_SAVE_EVERY`` seconds, or ten
+    times as long as a save takes) and after the last digest, before the iteration ends."""
     # The cache, and a stat of every file, are file-system work: off the event loop.
     cache = await asyncio.to_thread(_load_cache, cache_path)
     todo = await asyncio.to_thread(_not_cached, items, cache)
-    waiting = {id(i) for i in todo}
     for item in sorted(items, key=lambda i: i.size, reverse=True):
-        if id(item) not in waiting:
+        if item.digest is not None or item.error is not None:
             yield item
     # A file changed within the file system's timestamp granularity of being hashed would keep
     # its identity ("racy git"): digests of files that recent are used but not cached.
@@ -211,12 +210,16 @@ async def hashed(items: list[Item], cache_path: Path | None) -> AsyncGenerator[I
         for item in sorted(todo, key=lambda i: (i.size > SMALL_FILE, -i.size)):
             future = loop.run_in_executor(pool, _hash_file, str(item.path))
             future.add_done_callback(functools.partial(finished, item))
-        saved = time.monotonic()
+        next_save = time.monotonic() + CACHE_SAVE_EVERY
         for _ in todo:
             yield await done.get()
-            if cache_path is not None and time.monotonic() - saved >= CACHE_SAVE_EVERY:
+            if cache_path is not None and time.monotonic() >= next_save:
+                began = time.monotonic()
                 await asyncio.to_thread(_save_cache, cache_path, cache, fresh.copy())
-                saved = time.monotonic()
+                # json.dumps holds the GIL, so a save stalls the uploads for as long as it
+                # takes: a cache of millions of files is saved at most a tenth of the time.
+                took = time.monotonic() - began
+                next_save = time.monotonic() + max(CACHE_SAVE_EVERY, 10 * took)
     finally:
         # On an early stop the workers finish the file they are on and exit; nothing waits.
         pool.shutdown(wait=False, cancel_futures=True)
@@ -300,7 +303,7 @@ class Progress:
         return self
 
     def found(self, files: int, nbytes: int) -> None:
-        """Files checked, and of them ``files`` of ``nbytes`` to send."""
+        """``files`` more to send, ``nbytes`` in all."""
         self.total_files += files
         self.total_bytes += nbytes
         if self._display is not None:
@@ -316,30 +319,30 @@ class Progress:
         self.done_files += finished_file
         if self._display is not None:
             self._display.update(self._task, advance=nbytes, files=self._files())
-        elif time.monotonic() - self._last_line >= 5 or self._finished():
+        elif time.monotonic() - self._last_line >= 5 or (
+            self._all_checked and self.done_bytes == self.total_bytes
+        ):
             self._last_line = time.monotonic()
             print(self.line(), flush=True)
 
-    def _finished(self) -> bool:
-        return self.checked == self.to_check and self.done_bytes == self.total_bytes
+    @property
+    def _all_checked(self) -> bool:
+        return self.checked == self.to_check
 
     def _files(self) -> str:
         return f"{self.done_files}/{self.total_files} files"
 
+    def _checking(self) -> str:
+        return f"{self.checked}/{self.to_check} checked"
+
     def _description(self) -> str:
-        if self.checked == self.to_check:
-            return "uploading"
-        return f"uploading, {self.checked}/{self.to_check} checked"
+        return "uploading" if self._all_checked else f"uploading, {self._checking()}"
 
     def line(self) -> str:
         elapsed = max(time.monotonic() - self.started, 1e-6)
         rate = self.done_bytes / elapsed
         left = (self.total_bytes - self.done_bytes) / rate if rate else 0
-        eta = (
-            f"ETA {left:.0f}s"
-            if self.checked == self.to_check
-            else f"{self.checked}/{self.to_check} checked"
-        )
+        eta = f"ETA {left:.0f}s" if self._all_checked else self._checking()
         return (
             f"{self._files()}, {self.done_bytes / 2**20:.1f}/"
             f"{self.total_bytes / 2**20:.1f} MiB, {rate / 2**20:.1f} MiB/s, {eta}"

@@ -29,7 +29,7 @@ from .sql import upsert_insert, utc
 from .transactions import Conflict, transaction
 
 # Blob rows per batch, one transaction each.
-_BLOB_ROWS_PER_INSERT = 500
+_BLOB_ROWS_PER_BATCH = 500
 
 
 def create_engine(url: str) -> AsyncEngine:
@@ -79,7 +79,7 @@ class Catalog:
         # sequential ones send every insert to one range (docs/COCKROACHDB.md).
         self.time_ordered_keys = engine.dialect.name in ("sqlite", "postgresql")
         self._blob_rows: GroupCommit[tuple[BlobInfo, dict[str, Any] | None]] = GroupCommit(
-            self._insert_blobs, max_rows=_BLOB_ROWS_PER_INSERT
+            self._insert_blobs, max_rows=_BLOB_ROWS_PER_BATCH
         )
 
     @classmethod
