@@ -418,62 +418,95 @@ def run(args: argparse.Namespace, work: Path) -> Bench:
 
         for jobs in args.jobs:
             store = sshd.root / f"origin-j{jobs}"
-            data = work / f"node-j{jobs}"
-            xdg = work / f"xdg-j{jobs}"
-            origin_env = {
-                **env,
-                "ORIGIN_ADMIN_TOKEN": TOKEN,
+            sftp_env = {
                 "ORIGIN_SFTP_URL": f"sftp://{sshd.user}@127.0.0.1:{sshd.port}{store}",
                 "ORIGIN_SFTP_KEY": str(sshd.client_key),
                 "ORIGIN_SFTP_KNOWN_HOSTS": str(sshd.known_hosts),
-                **dict(kv.split("=", 1) for kv in args.origin_env),
             }
-            # Its own log per origin: Origin finds its URL by the first "listening on" in it.
-            log_file = work / f"origin-j{jobs}.log"
-            origin = Origin(Path(args.origin), data, origin_env, args.workers, log_file)
-            try:
-                hash_cache = xdg / "origin" / "upload-hashes.json"
-                assert not hash_cache.exists()  # the first run is cold
-                manifest = work / f"manifest-j{jobs}.json"
-                cmd = [args.origin, "upload", "--url", origin.url, "-j", str(jobs),
-                       "--no-progress", "--manifest", str(manifest), str(tree)]  # fmt: skip
-                up_env = {**env, "ORIGIN_TOKEN": TOKEN, "XDG_CACHE_HOME": str(xdg)}
-                wait_quiet(args.quiet_idle, args.quiet_wait, f"origin upload -j {jobs}")
-                warm = read_tree(tree, plan)
-                log(f"origin upload -j {jobs} (tree read in {warm:.1f}s)")
-                first = timed(
-                    f"origin upload -j {jobs}", cmd, env=up_env, out=out,
-                    origin_pid=origin.proc.pid, sshd_pid=sshd.proc.pid, sshd_log=sshd_log,
-                    files=len(plan), nbytes=total, jobs=jobs,
-                )  # fmt: skip
-                blobs = check_store(store, plan, manifest)
-                if not hash_cache.is_file():
-                    raise RuntimeError(f"no hash cache at {hash_cache}")
-                first.note = f"{blobs} blobs on the SFTP store, exactly the tree"
-                log(f"  {first.seconds:.1f}s, {first.mib_s:.1f} MiB/s, {first.ciphers}")
-                bench.results.append(first)
-                wait_quiet(args.quiet_idle, args.quiet_wait, "origin upload re-run")
-                again = timed(
-                    f"origin upload -j {jobs}, re-run, nothing changed", cmd, env=up_env,
-                    out=out, origin_pid=origin.proc.pid, sshd_pid=sshd.proc.pid,
-                    sshd_log=sshd_log, files=len(plan), nbytes=total, jobs=jobs,
-                )  # fmt: skip
-                tail = out.read_text().rstrip().rsplit("\n", 1)[-1]
-                if f"{len(plan)} files: 0 uploaded" not in tail:
-                    raise RuntimeError(f"the re-run uploaded something: {tail}")
-                again.note = (
-                    f"{100 * again.seconds / first.seconds:.1f} % of the first run; "
-                    "uploaded 0 bytes"
-                )
-                log(f"  re-run {again.seconds:.2f}s ({again.note})")
-                bench.results.append(again)
-            finally:
-                origin.stop()
-            shutil.rmtree(store, ignore_errors=True)
-            shutil.rmtree(data, ignore_errors=True)
+            origin_run(bench, plan, sshd, sshd_log, f"j{jobs}", jobs, sftp_env, store)
+        if args.disk_origin:
+            # The same upload with the SFTP leg taken away: what the HTTP hop and the
+            # origin's verification cost by themselves (docs/BENCHMARKS.md, eighth session).
+            jobs = args.jobs[0]
+            data = work / f"node-disk-j{jobs}"
+            origin_run(bench, plan, sshd, sshd_log, f"disk-j{jobs}", jobs, {}, data, "disk store")
     finally:
         sshd.stop()
     return bench
+
+
+def origin_run(
+    bench: Bench,
+    plan: list[TreeFile],
+    sshd: SshdServer,
+    sshd_log: SshdLog,
+    name: str,
+    jobs: int,
+    store_env: dict[str, str],
+    store: Path,
+    store_label: str = "",
+) -> None:
+    """``origin upload -j jobs`` of the tree, cold, then again with nothing changed.
+
+    ``store_env`` configures the origin's durable store (empty: its own disk), ``store`` is
+    where that store keeps ``blobs/``.
+    """
+    args, work = bench.args, bench.work
+    assert sshd.proc is not None
+    tree, total = work / "tree", sum(f.size for f in plan)
+    out = work / "commands.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORIGIN_")}
+    data = work / f"node-{name}"
+    xdg = work / f"xdg-{name}"
+    origin_env = {
+        **env,
+        "ORIGIN_ADMIN_TOKEN": TOKEN,
+        **store_env,
+        **dict(kv.split("=", 1) for kv in args.origin_env),
+    }
+    label = f"origin upload -j {jobs}" + (f", {store_label}" if store_label else "")
+    where = store_label or "the SFTP store"
+    # Its own log per origin: Origin finds its URL by the first "listening on" in it.
+    origin = Origin(Path(args.origin), data, origin_env, args.workers, work / f"origin-{name}.log")
+    try:
+        hash_cache = xdg / "origin" / "upload-hashes.json"
+        assert not hash_cache.exists()  # the first run is cold
+        manifest = work / f"manifest-{name}.json"
+        cmd = [args.origin, "upload", "--url", origin.url, "-j", str(jobs),
+               "--no-progress", "--manifest", str(manifest), str(tree)]  # fmt: skip
+        up_env = {**env, "ORIGIN_TOKEN": TOKEN, "XDG_CACHE_HOME": str(xdg)}
+        wait_quiet(args.quiet_idle, args.quiet_wait, label)
+        warm = read_tree(tree, plan)
+        log(f"{label} (tree read in {warm:.1f}s)")
+        first = timed(
+            label, cmd, env=up_env, out=out,
+            origin_pid=origin.proc.pid, sshd_pid=sshd.proc.pid, sshd_log=sshd_log,
+            files=len(plan), nbytes=total, jobs=jobs,
+        )  # fmt: skip
+        blobs = check_store(store, plan, manifest)
+        if not hash_cache.is_file():
+            raise RuntimeError(f"no hash cache at {hash_cache}")
+        first.note = f"{blobs} blobs on {where}, exactly the tree"
+        log(f"  {first.seconds:.1f}s, {first.mib_s:.1f} MiB/s, {first.ciphers}")
+        bench.results.append(first)
+        wait_quiet(args.quiet_idle, args.quiet_wait, "origin upload re-run")
+        again = timed(
+            f"{label}, re-run, nothing changed", cmd, env=up_env,
+            out=out, origin_pid=origin.proc.pid, sshd_pid=sshd.proc.pid,
+            sshd_log=sshd_log, files=len(plan), nbytes=total, jobs=jobs,
+        )  # fmt: skip
+        tail = out.read_text().rstrip().rsplit("\n", 1)[-1]
+        if f"{len(plan)} files: 0 uploaded" not in tail:
+            raise RuntimeError(f"the re-run uploaded something: {tail}")
+        again.note = (
+            f"{100 * again.seconds / first.seconds:.1f} % of the first run; uploaded 0 bytes"
+        )
+        log(f"  re-run {again.seconds:.2f}s ({again.note})")
+        bench.results.append(again)
+    finally:
+        origin.stop()
+    shutil.rmtree(store, ignore_errors=True)
+    shutil.rmtree(data, ignore_errors=True)
 
 
 # -- the report -------------------------------------------------------------------------------
@@ -558,6 +591,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--sftp-fsync-variant", action="append",
         help="like --sftp-variant, with put -f: the server fsyncs each file (default: '')",
+    )  # fmt: skip
+    p.add_argument(
+        "--disk-origin", action="store_true",
+        help="also upload to an origin on its own disk store (no SFTP): the HTTP hop alone",
     )  # fmt: skip
     p.add_argument("--cipher", default="aes128-gcm@openssh.com", help="sftp -o Ciphers=")
     p.add_argument("--origin", default=str(DEFAULT_ORIGIN), help="the origin executable")
