@@ -618,12 +618,13 @@ class SftpBackend:
     ) -> PutResult:
         """Stream into a temp file, then commit with as few round trips as the order allows.
 
-        Requests that do not depend on each other go out together on the one SFTP channel (the
-        server answers them in turn; the wait is one round trip, not one each): the metadata's
-        temp file is opened with the blob's; after the last byte, the last write, the metadata,
-        the check for the final name and the shard directories; then both fsyncs and the
-        SHA-256 link; then both closes and the metadata's rename; last, the blob's rename. A
-        small blob is six round trips; it was thirteen, and up to twenty with new directories.
+        Requests go out together on the one SFTP channel wherever the order allows (the server
+        answers them in turn; the wait is one round trip, not one each): the metadata's temp
+        file is opened with the blob's; after the last byte, the last write, the metadata, the
+        check for the final name and the shard directories; then, if the blob is new, each
+        file's fsync and close (and the metadata's rename) back to back, with the SHA-256 link;
+        last, the blob's rename. A small blob is four round trips; it was thirteen, and up to
+        twenty with new directories.
         """
         # Never retried here: the body has been consumed. The caller may retry the request.
         channel = await self._pool.lease()
@@ -719,24 +720,34 @@ class SftpBackend:
         if exists:
             await temps.discard(sftp)
             return PutResult(await self._existing_info(sftp, digest, content_type, hashes), False)
-        # Metadata and index before the blob's name: a visible blob always has both.
-        await _all(
-            self._sync(data),
-            self._sync(meta),
-            self._index_sha256(sftp, info),
-        )
-
-        async def close_and_place_meta() -> None:
-            await self._close(meta)
-            temps.meta = None
-            await self._in_dir(sftp, _replace, sftp, temps.meta_path, meta_path)
-            temps.meta_path = None
+        # Metadata and index before the blob's name: a visible blob always has both. The
+        # requests on one file go out back to back, not each after the last one's answer: a
+        # server processes requests on the same file in the order received (SFTP v3,
+        # draft-ietf-secsh-filexfer-02, 6.1). A failure still stops the commit before the
+        # blob's rename; what it leaves is temp files and perhaps a metadata file without
+        # its blob, which readers ignore (they check the blob first) and the next upload of
+        # the blob replaces.
 
         async def close_data() -> None:
             await self._close(data)
             temps.data = None
 
-        await _all(close_data(), close_and_place_meta())
+        async def close_meta() -> None:
+            await self._close(meta)
+            temps.meta = None
+
+        async def place_meta() -> None:
+            await self._in_dir(sftp, _replace, sftp, temps.meta_path, meta_path)
+            temps.meta_path = None
+
+        await _all(
+            self._sync(data),
+            close_data(),
+            self._sync(meta),
+            close_meta(),
+            place_meta(),
+            self._index_sha256(sftp, info),
+        )
         try:
             await self._in_dir(sftp, sftp.rename, temps.data_path, final)
         except _EXISTS:

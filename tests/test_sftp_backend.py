@@ -242,6 +242,38 @@ async def test_cancelled_upload_leaves_no_file(sftp: SftpBackend, root: Path) ->
     assert_nothing_stored(root)
 
 
+async def test_a_small_put_is_four_round_trips(sftp: SftpBackend, root: Path) -> None:
+    """Open both temps; write and check the name; fsync, close and place the metadata (with
+    the SHA-256 link); rename the blob. Counted as flights: requests sent while no other was
+    outstanding, i.e. after waiting for every answer. Requests on one file go out back to back
+    (fsync, then close), which the protocol allows; each file still ends in place and whole."""
+    channel = await sftp._pool.lease()
+    handler: Any = channel.sftp._handler
+    send_packet = handler.send_packet
+    flights: list[list[int]] = []
+
+    def counting(pkttype: int, pktid: int | None, *args: bytes) -> None:
+        if len(handler._requests) <= 1:  # this request alone: every earlier one is answered
+            flights.append([])
+        flights[-1].append(pkttype)
+        send_packet(pkttype, pktid, *args)
+
+    handler.send_packet = counting
+    data = os.urandom(4096)
+    # start() made the first level of shard directories, so the second level's mkdir goes
+    # with the writes.
+    result = await sftp.put(chunks_of(data))
+    handler.send_packet = send_packet
+    assert result.created
+    assert len(flights) == 4, flights
+    assert flights[-1] == [asyncssh.constants.FXP_RENAME]
+    digest = result.info.digest
+    assert (root / "blobs" / Path(*digest.shard()) / digest.hex).read_bytes() == data
+    meta = json.loads((root / "meta" / Path(*digest.shard()) / f"{digest.hex}.json").read_text())
+    assert meta["sha256"] == hashlib.sha256(data).hexdigest()
+    assert files_under(root, "tmp") == []
+
+
 async def test_sshd_killed_mid_upload(sftp: SftpBackend, running: SshdServer, root: Path) -> None:
     half_sent = asyncio.Event()
     go_on = asyncio.Event()
