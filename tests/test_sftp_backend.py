@@ -486,6 +486,34 @@ async def test_missing_metadata_is_rebuilt(
     assert meta.exists()
 
 
+async def test_metadata_without_its_blob_is_ignored_then_replaced(
+    sftp: SftpBackend, running: SshdServer, root: Path
+) -> None:
+    """What a commit that failed after the metadata's rename leaves (it goes out with the
+    fsyncs and closes): the metadata at its final name, no blob. Readers go by the blob, and
+    the next upload of the same bytes writes its own metadata over the stale one."""
+    data = os.urandom(5000)
+    d = digest_of(data)
+    meta = root / "meta" / d.hex[:2] / d.hex[2:4] / f"{d.hex}.json"
+    meta.parent.mkdir(parents=True, exist_ok=True)
+    stale = {"size": 1, "sha256": "00" * 32, "content_type": "text/stale",
+             "created_at": "2020-01-01T00:00:00+00:00"}  # fmt: skip
+    meta.write_text(json.dumps(stale))
+    assert await sftp.stat(d) is None
+    assert not await sftp.exists(d)
+    with pytest.raises(BlobNotFound):
+        await read_all(sftp, d)
+    assert (await sftp.put(chunks_of(data), content_type="model/gltf-binary")).created
+    fresh = make_backend(running, root)  # no cached info: stat reads the server's files
+    try:
+        info = await fresh.stat(d)
+    finally:
+        await fresh.close()
+    assert info is not None
+    assert (info.size, info.sha256) == (len(data), hashlib.sha256(data).digest())
+    assert info.content_type == "model/gltf-binary"
+
+
 async def test_pool_is_bounded(running: SshdServer, root: Path) -> None:
     backend = make_backend(running, root, pool_size=2)
     await backend.start()
