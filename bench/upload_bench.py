@@ -14,7 +14,8 @@ What it does (bench/README.md says how to run it, docs/BENCHMARKS.md has the res
    remote file's size; ``sync``; removes the copy.
 4. ``origin upload -j J`` of the tree (cold hash cache in a private XDG_CACHE_HOME), checks
    that the store holds exactly the tree's blobs, ``sync``; then the same command again with
-   nothing changed.
+   nothing changed. With ``--disk-origin``, the same once more into an origin whose durable
+   store is its own disk (no SFTP): what the HTTP hop costs without the SFTP leg.
 5. Prints a table (wall time, MiB/s, files/s, CPU of origin, sshd and client, the cipher the
    sshd log shows), optionally Markdown and JSON, and removes everything it made.
 
@@ -428,8 +429,7 @@ def run(args: argparse.Namespace, work: Path) -> Bench:
             # The same upload with the SFTP leg taken away: what the HTTP hop and the
             # origin's verification cost by themselves (docs/BENCHMARKS.md, eighth session).
             jobs = args.jobs[0]
-            data = work / f"node-disk-j{jobs}"
-            origin_run(bench, plan, sshd, sshd_log, f"disk-j{jobs}", jobs, {}, data, "disk store")
+            origin_run(bench, plan, sshd, sshd_log, f"disk-j{jobs}", jobs, {}, None, "disk store")
     finally:
         sshd.stop()
     return bench
@@ -443,13 +443,13 @@ def origin_run(
     name: str,
     jobs: int,
     store_env: dict[str, str],
-    store: Path,
+    store: Path | None,
     store_label: str = "",
 ) -> None:
     """``origin upload -j jobs`` of the tree, cold, then again with nothing changed.
 
     ``store_env`` configures the origin's durable store (empty: its own disk), ``store`` is
-    where that store keeps ``blobs/``.
+    where that store keeps ``blobs/`` (None: the origin's data dir, its disk store).
     """
     args, work = bench.args, bench.work
     assert sshd.proc is not None
@@ -457,6 +457,7 @@ def origin_run(
     out = work / "commands.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORIGIN_")}
     data = work / f"node-{name}"
+    store = store or data
     xdg = work / f"xdg-{name}"
     origin_env = {
         **env,
