@@ -6,9 +6,9 @@ every core, small files first and then the largest (hashes are cached by path, s
 mtime, so a re-run rehashes only what changed); as digests become known the origin is asked
 in batches which it lacks (``POST /blobs/missing``), and each missing one goes up at once, over
 N parallel streams with retries: sending starts while the rest of the tree is still being
-hashed. A re-run after an
-interruption uploads only what is still missing. Special files (FIFOs, devices) are reported,
-not read. Progress goes to a terminal as a live display, elsewhere as plain lines.
+hashed. A re-run after an interruption uploads only what is still missing. Special files
+(FIFOs, devices) are reported, not read. Progress goes to a terminal as a live display,
+elsewhere as plain lines.
 """
 
 from __future__ import annotations
