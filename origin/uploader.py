@@ -172,7 +172,7 @@ async def hashed(items: list[Item], cache_path: Path | None) -> AsyncGenerator[I
     """Each item as its digest becomes known: those the cache knows at once (largest first), the
     rest as the worker processes (one per core) finish them. Unreadable items come with their
     error. The cache is saved while hashing goes on (every ``CACHE_SAVE_EVERY`` seconds, or ten
-    times as long as a save takes) and after the last digest, before the iteration ends."""
+    times as long as a save takes) and once more when the iteration ends, early or not."""
     # The cache, and a stat of every file, are file-system work: off the event loop.
     cache = await asyncio.to_thread(_load_cache, cache_path)
     todo = await asyncio.to_thread(_not_cached, items, cache)
@@ -223,8 +223,9 @@ async def hashed(items: list[Item], cache_path: Path | None) -> AsyncGenerator[I
     finally:
         # On an early stop the workers finish the file they are on and exit; nothing waits.
         pool.shutdown(wait=False, cancel_futures=True)
-    if cache_path is not None:
-        await asyncio.to_thread(_save_cache, cache_path, cache, fresh)
+        # Also on an early stop (Ctrl-C, a failed run): what was hashed is not hashed again.
+        if cache_path is not None:
+            await asyncio.to_thread(_save_cache, cache_path, cache, fresh)
 
 
 def _not_cached(items: list[Item], cache: dict[str, list[Any]]) -> list[Item]:

@@ -221,9 +221,26 @@ async def test_a_run_stopped_while_hashing_keeps_the_digests_it_had(
     source = hashed([Item(path, path.name) for path in files], cache)
     first = await anext(source)
     await anext(source)  # the cache is written before the second file comes
-    await source.aclose()  # stopped with a file still to come: the final write never happens
+    await source.aclose()  # stopped with a file still to come
     saved = json.loads(cache.read_text())
     assert saved[str(first.path.resolve())][-1] == b3(files[first.path])
+
+
+async def test_a_run_stopped_early_saves_what_it_hashed_since_the_last_save(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(uploader, "CACHE_SAVE_EVERY", 1e9)  # no save while hashing
+    monkeypatch.setattr(uploader, "RACY_NS", 0)
+    files = {tmp_path / f"f{i}.bin": os.urandom(1 << 20) for i in range(3)}
+    for path, data in files.items():
+        path.write_bytes(data)
+    cache = tmp_path / "hashes.json"
+    source = hashed([Item(path, path.name) for path in files], cache)
+    got = [await anext(source), await anext(source)]
+    await source.aclose()  # Ctrl-C, or the origin gone: the run ends with a file to come
+    saved = json.loads(cache.read_text())
+    for item in got:
+        assert saved[str(item.path.resolve())][-1] == b3(files[item.path])
 
 
 def test_progress_has_an_eta_only_once_every_file_is_checked() -> None:
