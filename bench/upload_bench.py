@@ -37,6 +37,7 @@ import resource
 import shlex
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -195,6 +196,8 @@ class Result:
     key_exchanges: int = 0
     jobs: int = 1
     note: str = ""
+    round: int = 1
+    contender: str = ""  # the name without the round
 
     @property
     def mib_s(self) -> float:
@@ -392,47 +395,65 @@ def run(args: argparse.Namespace, work: Path) -> Bench:
     sshd.start()
     assert sshd.proc is not None
     sshd_log = SshdLog(sshd.log)
-    out = work / "commands.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORIGIN_")}
     try:
-        variants = [(v, False) for v in args.sftp_variant]
-        variants += [(v, True) for v in args.sftp_fsync_variant]
-        for i, (variant, fsync) in enumerate(variants):
-            remote = sshd.root / f"sftp-b-{i}"
-            batch = work / f"batch-{i}.txt"
-            batch.write_text(sftp_batch(tree, plan, remote, fsync))
-            extra = shlex.split(variant)
-            name = f"sftp -b {variant}".strip() + (", put -f (fsync each file)" if fsync else "")
-            wait_quiet(args.quiet_idle, args.quiet_wait, name)
-            warm = read_tree(tree, plan)
-            log(f"{name} (tree read in {warm:.1f}s)")
-            result = timed(
-                name, sftp_cmd(sshd, batch, args.cipher, extra),
-                env=env, out=out, origin_pid=0, sshd_pid=sshd.proc.pid, sshd_log=sshd_log,
-                files=len(plan), nbytes=total, jobs=1,
-            )  # fmt: skip
-            check_copy(tree, plan, remote)
-            shutil.rmtree(remote)
-            os.sync()
-            log(f"  {result.seconds:.1f}s, {result.mib_s:.1f} MiB/s, {result.ciphers}")
-            bench.results.append(result)
-
-        for jobs in args.jobs:
-            store = sshd.root / f"origin-j{jobs}"
-            sftp_env = {
-                "ORIGIN_SFTP_URL": f"sftp://{sshd.user}@127.0.0.1:{sshd.port}{store}",
-                "ORIGIN_SFTP_KEY": str(sshd.client_key),
-                "ORIGIN_SFTP_KNOWN_HOSTS": str(sshd.known_hosts),
-            }
-            origin_run(bench, plan, sshd, sshd_log, f"j{jobs}", jobs, sftp_env, store)
-        if args.disk_origin:
-            # The same upload with the SFTP leg taken away: what the HTTP hop and the
-            # origin's verification cost by themselves (docs/BENCHMARKS.md, eighth session).
-            jobs = args.jobs[0]
-            origin_run(bench, plan, sshd, sshd_log, f"disk-j{jobs}", jobs, {}, None, "disk store")
+        for rnd in range(1, args.rounds + 1):
+            run_round(bench, plan, sshd, sshd_log, rnd)
     finally:
         sshd.stop()
     return bench
+
+
+def run_round(
+    bench: Bench, plan: list[TreeFile], sshd: SshdServer, sshd_log: SshdLog, rnd: int
+) -> None:
+    """Every contender once: with ``--rounds`` they take turns, so a machine that drifts
+    during the run (docs/BENCHMARKS.md: 20 % and more) shifts all of them alike."""
+    args, work = bench.args, bench.work
+    assert sshd.proc is not None
+    tree, total = work / "tree", sum(f.size for f in plan)
+    out = work / "commands.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORIGIN_")}
+    suffix = f" (round {rnd})" if args.rounds > 1 else ""
+    variants = [(v, False) for v in args.sftp_variant]
+    variants += [(v, True) for v in args.sftp_fsync_variant]
+    for i, (variant, fsync) in enumerate(variants):
+        remote = sshd.root / f"sftp-b-{i}"
+        batch = work / f"batch-{i}.txt"
+        batch.write_text(sftp_batch(tree, plan, remote, fsync))
+        extra = shlex.split(variant)
+        contender = f"sftp -b {variant}".strip() + (", put -f (fsync each file)" if fsync else "")
+        name = contender + suffix
+        wait_quiet(args.quiet_idle, args.quiet_wait, name)
+        warm = read_tree(tree, plan)
+        log(f"{name} (tree read in {warm:.1f}s)")
+        result = timed(
+            name, sftp_cmd(sshd, batch, args.cipher, extra),
+            env=env, out=out, origin_pid=0, sshd_pid=sshd.proc.pid, sshd_log=sshd_log,
+            files=len(plan), nbytes=total, jobs=1,
+        )  # fmt: skip
+        check_copy(tree, plan, remote)
+        shutil.rmtree(remote)
+        os.sync()
+        log(f"  {result.seconds:.1f}s, {result.mib_s:.1f} MiB/s, {result.ciphers}")
+        result.round, result.contender = rnd, contender
+        bench.results.append(result)
+
+    for jobs in args.jobs:
+        store = sshd.root / f"origin-j{jobs}"
+        sftp_env = {
+            "ORIGIN_SFTP_URL": f"sftp://{sshd.user}@127.0.0.1:{sshd.port}{store}",
+            "ORIGIN_SFTP_KEY": str(sshd.client_key),
+            "ORIGIN_SFTP_KNOWN_HOSTS": str(sshd.known_hosts),
+        }
+        origin_run(bench, plan, sshd, sshd_log, f"j{jobs}-r{rnd}", jobs, sftp_env, store, rnd)
+    if args.disk_origin:
+        # The same upload with the SFTP leg taken away: what the HTTP hop and the
+        # origin's verification cost by themselves (docs/BENCHMARKS.md, eighth session).
+        jobs = args.jobs[0]
+        origin_run(
+            bench, plan, sshd, sshd_log, f"disk-j{jobs}-r{rnd}", jobs, {}, None, rnd,
+            "disk store",
+        )  # fmt: skip
 
 
 def origin_run(
@@ -444,6 +465,7 @@ def origin_run(
     jobs: int,
     store_env: dict[str, str],
     store: Path | None,
+    rnd: int = 1,
     store_label: str = "",
 ) -> None:
     """``origin upload -j jobs`` of the tree, cold, then again with nothing changed.
@@ -466,6 +488,7 @@ def origin_run(
         **dict(kv.split("=", 1) for kv in args.origin_env),
     }
     label = f"origin upload -j {jobs}" + (f", {store_label}" if store_label else "")
+    suffix = f" (round {rnd})" if args.rounds > 1 else ""
     where = store_label or "the SFTP store"
     # Its own log per origin: Origin finds its URL by the first "listening on" in it.
     origin = Origin(Path(args.origin), data, origin_env, args.workers, work / f"origin-{name}.log")
@@ -480,7 +503,7 @@ def origin_run(
         warm = read_tree(tree, plan)
         log(f"{label} (tree read in {warm:.1f}s)")
         first = timed(
-            label, cmd, env=up_env, out=out,
+            label + suffix, cmd, env=up_env, out=out,
             origin_pid=origin.proc.pid, sshd_pid=sshd.proc.pid, sshd_log=sshd_log,
             files=len(plan), nbytes=total, jobs=jobs,
         )  # fmt: skip
@@ -488,11 +511,12 @@ def origin_run(
         if not hash_cache.is_file():
             raise RuntimeError(f"no hash cache at {hash_cache}")
         first.note = f"{blobs} blobs on {where}, exactly the tree"
+        first.round, first.contender = rnd, label
         log(f"  {first.seconds:.1f}s, {first.mib_s:.1f} MiB/s, {first.ciphers}")
         bench.results.append(first)
         wait_quiet(args.quiet_idle, args.quiet_wait, "origin upload re-run")
         again = timed(
-            f"{label}, re-run, nothing changed", cmd, env=up_env,
+            f"{label}, re-run, nothing changed{suffix}", cmd, env=up_env,
             out=out, origin_pid=origin.proc.pid, sshd_pid=sshd.proc.pid,
             sshd_log=sshd_log, files=len(plan), nbytes=total, jobs=jobs,
         )  # fmt: skip
@@ -503,6 +527,7 @@ def origin_run(
             f"{100 * again.seconds / first.seconds:.1f} % of the first run; uploaded 0 bytes"
         )
         log(f"  re-run {again.seconds:.2f}s ({again.note})")
+        again.round, again.contender = rnd, f"{label}, re-run"
         bench.results.append(again)
     finally:
         origin.stop()
@@ -561,6 +586,26 @@ def table(bench: Bench) -> str:
     return "\n".join(lines)
 
 
+def rounds_summary(bench: Bench) -> list[str]:
+    """Each contender's median over the rounds, and its ratio to plain ``sftp -b`` round by
+    round (the two ran minutes apart, not sessions apart)."""
+    timed_runs = [r for r in bench.results if not r.contender.endswith("re-run")]
+    baseline = {r.round: r.mib_s for r in timed_runs if r.contender == "sftp -b"}
+    lines = []
+    for contender in dict.fromkeys(r.contender for r in timed_runs):
+        mine = [r for r in timed_runs if r.contender == contender]
+        rates = ", ".join(f"{r.mib_s:.1f}" for r in mine)
+        line = (
+            f"- {contender}: median {statistics.median(r.mib_s for r in mine):.1f} MiB/s ({rates})"
+        )
+        if contender != "sftp -b" and baseline:
+            ratios = [r.mib_s / baseline[r.round] for r in mine if r.round in baseline]
+            line += "; of sftp -b in the same round: " + ", ".join(f"{x:.0%}" for x in ratios)
+            line += f", median {statistics.median(ratios):.0%}"
+        lines.append(line)
+    return lines
+
+
 def report(bench: Bench, info: dict[str, str]) -> str:
     a = bench.args
     total = sum(f.size for f in plan_tree(a.files, a.min_size, a.max_size, a.seed))
@@ -572,6 +617,7 @@ def report(bench: Bench, info: dict[str, str]) -> str:
         "",
         *(f"- {r.name}: {r.note}" for r in bench.results if r.note),
         "",
+        *([*rounds_summary(bench), ""] if a.rounds > 1 else []),
         "Machine: " + "; ".join(f"{k} {v}" for k, v in info.items()),
     ]
     return "\n".join(parts)
@@ -583,6 +629,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-size", type=parse_size, default=KiB)
     p.add_argument("--max-size", type=parse_size, default=64 * MiB)
     p.add_argument("--seed", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=1, help="every contender this many times, in turn")
     p.add_argument("--workers", type=int, default=2, help="origin serve --workers")
     p.add_argument("--jobs", type=int, action="append", help="origin upload -j (repeatable; 4)")
     p.add_argument(
