@@ -4,14 +4,20 @@ commands (``serve``, ``db``, ``token``, ``recommender``) in ``origin.commands``.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
+import signal
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 
 import uvloop
 
 from .tokens import SCOPES
 from .uploader import Options, OriginUnusable, UsageError, collect, read_batch, upload
+
+T = TypeVar("T")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -123,10 +129,18 @@ def _upload_command(args: argparse.Namespace) -> int:
     try:
         # uvloop, as the origin's workers: a tenth less of the client's CPU per MiB sent
         # (docs/BENCHMARKS.md, bulk upload).
-        summary = uvloop.run(upload(items, options))
+        summary = uvloop.run(_stoppable(upload(items, options)))
     except OriginUnusable as exc:
         print(f"origin upload: {exc}", file=sys.stderr)
         return 1
+    except Interrupted as stop:
+        uploaded = sum(item.uploaded for item in items)
+        print(
+            f"origin upload: stopped by {signal.Signals(stop.signum).name}; {uploaded} files "
+            "uploaded before that. The same command again sends the rest.",
+            file=sys.stderr,
+        )
+        return 128 + stop.signum
     rate = summary.bytes_sent / max(summary.seconds, 1e-6) / 2**20
     print(
         f"{summary.files} files: {summary.uploaded} uploaded ({summary.bytes_sent} bytes, "
@@ -134,6 +148,37 @@ def _upload_command(args: argparse.Namespace) -> int:
         f"{summary.seconds:.1f}s"
     )
     return 1 if summary.failed else 0
+
+
+class Interrupted(Exception):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+async def _stoppable(run: Coroutine[Any, Any, T]) -> T:
+    """``run``, which SIGINT (Ctrl-C) and SIGTERM stop by cancelling it: what it holds unwinds
+    (uploads in flight are abandoned, the hash cache is saved), then ``Interrupted``."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    stopped_by: list[int] = []
+
+    def stop(signum: int) -> None:
+        stopped_by.append(signum)
+        task.cancel()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop, signum)
+    try:
+        return await run
+    except asyncio.CancelledError:
+        if not stopped_by:
+            raise
+        raise Interrupted(stopped_by[0]) from None
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import functools
 import json
 import mimetypes
 import os
+import signal
 import sys
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
@@ -161,6 +162,13 @@ def _hash_file(path: str) -> tuple[str, list[int]]:
     return hasher.hexdigest(), _identity(stat)
 
 
+def _hashing_process() -> None:
+    os.nice(10)
+    # Ctrl-C reaches the terminal's whole process group: the run stops here, in the parent,
+    # which shuts the pool down; a KeyboardInterrupt in each worker would only add tracebacks.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _load_cache(path: Path | None) -> dict[str, list[Any]]:
     try:
         return json.loads(path.read_text()) if path else {}
@@ -188,7 +196,7 @@ async def hashed(items: list[Item], cache_path: Path | None) -> AsyncGenerator[I
     # Niced: while uploads go on, sending what is known comes before hashing what is next (the
     # origin and the rest of the machine first); the hashing takes what is left, all of an idle
     # machine.
-    pool = ProcessPoolExecutor(max_workers=os.cpu_count() or 1, initializer=os.nice, initargs=(10,))
+    pool = ProcessPoolExecutor(max_workers=os.cpu_count() or 1, initializer=_hashing_process)
 
     def finished(item: Item, future: asyncio.Future[tuple[str, list[int]]]) -> None:
         if future.cancelled():

@@ -110,15 +110,56 @@ def test_interrupted_run_finishes_on_rerun(live_origin: LiveOrigin, tmp_path: Pa
     proc.wait(10)
     # A request whose body was wholly sent before the kill may still land: wait for the server
     # to finish what it received, so `before` is what the re-run finds.
-    before = stored(live_origin)
+    before = _settled(live_origin, deadline)
+    assert 0 < len(before) < len(files), "the kill should land mid-run"
+    result = run_upload(live_origin, tmp_path, str(tree), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert stored(live_origin) == {b3(d) for d in files.values()}
+    assert f"{len(files) - len(before)} uploaded" in result.stdout
+
+
+def _settled(origin: LiveOrigin, deadline: float) -> set[str]:
+    """What the store holds once requests received before a stop have finished."""
+    before = stored(origin)
     while time.monotonic() < deadline:
         time.sleep(0.3)
-        now = stored(live_origin)
-        in_flight = list((live_origin.data_dir / "tmp").glob("*.part"))
-        if now == before and not in_flight:
+        now = stored(origin)
+        if now == before and not list((origin.data_dir / "tmp").glob("*.part")):
             break
         before = now
-    assert 0 < len(before) < len(files), "the kill should land mid-run"
+    return before
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_a_stopped_run_says_so_and_the_rerun_finishes(
+    live_origin: LiveOrigin, tmp_path: Path, how: str
+) -> None:
+    tree = tmp_path / "big"
+    files = {f"f{i:02d}.bin": os.urandom(4 << 20) for i in range(16)}
+    make_tree(tree, files)
+    env = {**os.environ, "ORIGIN_TOKEN": live_origin.token, "XDG_CACHE_HOME": str(tmp_path / "c")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "origin", "upload", "--url", live_origin.url, "-j", "1",
+         "--no-progress", str(tree)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+    )  # fmt: skip
+    target = random.randint(2, 10)
+    deadline = time.monotonic() + 60
+    while len(stored(live_origin)) < target and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if how == "ctrl-c":
+        os.killpg(proc.pid, signal.SIGINT)  # the terminal signals the whole group
+    else:
+        proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    signum = signal.SIGINT if how == "ctrl-c" else signal.SIGTERM
+    assert proc.returncode == 128 + signum, err
+    assert "Traceback" not in err
+    assert f"stopped by {signum.name}" in err
+    assert (tmp_path / "c" / "origin" / "upload-hashes.json").is_file()
+    before = _settled(live_origin, deadline)
+    assert 0 < len(before) < len(files), "the stop should land mid-run"
     result = run_upload(live_origin, tmp_path, str(tree), "--no-progress")
     assert result.returncode == 0, result.stderr
     assert stored(live_origin) == {b3(d) for d in files.values()}
