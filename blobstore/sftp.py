@@ -621,10 +621,11 @@ class SftpBackend:
         Requests go out together on the one SFTP channel wherever the order allows (the server
         answers them in turn; the wait is one round trip, not one each): the metadata's temp
         file is opened with the blob's; after the last byte, the last write, the metadata, the
-        check for the final name and the shard directories; then, if the blob is new, each
-        file's fsync and close (and the metadata's rename) back to back, with the SHA-256 link;
-        last, the blob's rename. A small blob is four round trips; it was thirteen, and up to
-        twenty with new directories.
+        check for the final name and the shard directories; then, if the blob is new, both
+        files' fsyncs, the metadata's close and rename, and the SHA-256 link; then the blob's
+        rename; last, the blob's second fsync (which makes the rename durable) and its close.
+        A small blob is five round trips; it was thirteen, and up to twenty with new
+        directories.
         """
         # Never retried here: the body has been consumed. The caller may retry the request.
         channel = await self._pool.lease()
@@ -728,10 +729,6 @@ class SftpBackend:
         # its blob, which readers ignore (they check the blob first) and the next upload of
         # the blob replaces.
 
-        async def close_data() -> None:
-            await self._close(data)
-            temps.data = None
-
         async def close_meta() -> None:
             await self._close(meta)
             temps.meta = None
@@ -740,9 +737,12 @@ class SftpBackend:
             await self._in_dir(sftp, _replace, sftp, temps.meta_path, meta_path)
             temps.meta_path = None
 
+        async def close_data() -> None:
+            await self._close(data)
+            temps.data = None
+
         await _all(
             self._sync(data),
-            close_data(),
             self._sync(meta),
             close_meta(),
             place_meta(),
@@ -757,6 +757,12 @@ class SftpBackend:
             await temps.discard(sftp)
             return PutResult(await self._existing_info(sftp, digest, content_type, hashes), False)
         temps.data_path = None
+        # The rename is durable only once the server's file system commits it, and SFTP has
+        # no way to fsync a directory. The blob's handle is still open: its second fsync, after
+        # the rename changed the file (its ctime, its links), makes ext4, XFS and btrfs commit
+        # the journal up to that change, rename included (and the metadata's, and the link,
+        # made before it). Only then is the upload answered.
+        await _all(self._sync(data), close_data())
         return PutResult(info, True)
 
     async def _known_dir(self, sftp: asyncssh.SFTPClient, path: str) -> None:

@@ -242,19 +242,26 @@ async def test_cancelled_upload_leaves_no_file(sftp: SftpBackend, root: Path) ->
     assert_nothing_stored(root)
 
 
-async def test_a_small_put_is_four_round_trips(sftp: SftpBackend, root: Path) -> None:
-    """Open both temps; write and check the name; fsync, close and place the metadata (with
-    the SHA-256 link); rename the blob. Counted as flights: requests sent while no other was
-    outstanding, i.e. after waiting for every answer. Requests on one file go out back to back
-    (fsync, then close), which the protocol allows; each file still ends in place and whole."""
+async def test_a_small_put_is_five_round_trips_the_last_making_its_rename_durable(
+    sftp: SftpBackend, root: Path
+) -> None:
+    """Open both temps; write and check the name; fsync both, close and place the metadata
+    (with the SHA-256 link); rename the blob; fsync the blob again through its open handle, so
+    that the server's file system commits the rename, and close it. Counted as flights:
+    requests sent while no other was outstanding, i.e. after waiting for every answer.
+    Requests on one file go out back to back (fsync, then close), which the protocol allows;
+    each file still ends in place and whole."""
     channel = await sftp._pool.lease()
     handler: Any = channel.sftp._handler
     send_packet = handler.send_packet
     flights: list[list[int]] = []
+    last_request = b""
 
     def counting(pkttype: int, pktid: int | None, *args: bytes) -> None:
+        nonlocal last_request
         if len(handler._requests) <= 1:  # this request alone: every earlier one is answered
             flights.append([])
+            last_request = b"".join(args)
         flights[-1].append(pkttype)
         send_packet(pkttype, pktid, *args)
 
@@ -265,8 +272,10 @@ async def test_a_small_put_is_four_round_trips(sftp: SftpBackend, root: Path) ->
     result = await sftp.put(chunks_of(data))
     handler.send_packet = send_packet
     assert result.created
-    assert len(flights) == 4, flights
-    assert flights[-1] == [asyncssh.constants.FXP_RENAME]
+    assert len(flights) == 5, flights
+    assert flights[-2] == [asyncssh.constants.FXP_RENAME]
+    assert flights[-1] == [asyncssh.constants.FXP_EXTENDED, asyncssh.constants.FXP_CLOSE]
+    assert b"fsync@openssh.com" in last_request
     digest = result.info.digest
     assert (root / "blobs" / Path(*digest.shard()) / digest.hex).read_bytes() == data
     meta = json.loads((root / "meta" / Path(*digest.shard()) / f"{digest.hex}.json").read_text())
