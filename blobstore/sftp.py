@@ -346,13 +346,18 @@ class SftpBackend:
 
     async def _sweep(self, sftp: asyncssh.SFTPClient) -> int:
         # Other nodes upload into the same tmp/, so only age tells a dead upload from a live
-        # one: every write refreshes a temp file's mtime.
+        # one: every write refreshes a temp file's mtime. An upload's metadata temp is written
+        # only at its commit, so it is as young as its blob's temp, which shares its stem.
         cutoff = time.time() - self._stale_temp_after
+        temps = [
+            (str(e.filename), e.attrs.mtime)
+            for e in await sftp.readdir(self._path("tmp"))
+            if str(e.filename).endswith(_TEMP_SUFFIX)
+        ]
+        live = {_temp_stem(name) for name, mtime in temps if mtime is None or mtime >= cutoff}
         removed = 0
-        for entry in await sftp.readdir(self._path("tmp")):
-            name = str(entry.filename)
-            mtime = entry.attrs.mtime
-            if not name.endswith(_TEMP_SUFFIX) or mtime is None or mtime >= cutoff:
+        for name, _ in temps:
+            if _temp_stem(name) in live:
                 continue
             with contextlib.suppress(asyncssh.SFTPNoSuchFile):  # another node swept it first
                 await sftp.remove(self._path("tmp", name))
@@ -446,8 +451,9 @@ class SftpBackend:
     def _sha256_path(self, sha256_hex: str) -> str:
         return self._path("sha256", sha256_hex[0:2], sha256_hex[2:4], sha256_hex)
 
-    def _temp_path(self, kind: str = "") -> str:
-        return self._path("tmp", f"{secrets.token_hex(16)}{kind}{_TEMP_SUFFIX}")
+    def _temp_path(self, kind: str = "", stem: str | None = None) -> str:
+        """``tmp/<stem><kind>.part``; the temp files of one upload share their stem."""
+        return self._path("tmp", f"{stem or secrets.token_hex(16)}{kind}{_TEMP_SUFFIX}")
 
     def local_path(self, digest: Digest) -> Path | None:
         return None
@@ -630,7 +636,8 @@ class SftpBackend:
         # Never retried here: the body has been consumed. The caller may retry the request.
         channel = await self._pool.lease()
         sftp = channel.sftp
-        temps = _Temps(self._temp_path(), self._temp_path(".meta"))
+        stem = secrets.token_hex(16)
+        temps = _Temps(self._temp_path(stem=stem), self._temp_path(".meta", stem))
         with channel.busy(), self._guard(channel):
             try:
                 hashes = await self._upload(sftp, temps, chunks, expected.max_size)
@@ -947,6 +954,11 @@ async def _close_quietly(f: asyncssh.SFTPClientFile) -> None:
 
 def _describe(where: str, exc: BaseException) -> str:
     return f"{where}: connection lost: {exc or type(exc).__name__}"
+
+
+def _temp_stem(name: str) -> str:
+    """``<stem>.part``, ``<stem>.meta.part`` -> ``<stem>``."""
+    return name.split(".", 1)[0]
 
 
 def _is_shard(name: str) -> bool:

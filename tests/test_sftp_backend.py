@@ -469,13 +469,26 @@ async def test_start_sweeps_only_old_temp_files(running: SshdServer, root: Path)
     hour_ago = time.time() - 3700
     os.utime(tmp / "old.part", (hour_ago, hour_ago))
     (tmp / "young.part").write_bytes(b"another node is uploading this")
+    # A long upload: its blob's temp is being written, its metadata's waits for the commit.
+    (tmp / "long.part").write_bytes(b"still arriving")
+    (tmp / "long.meta.part").write_bytes(b"")
+    os.utime(tmp / "long.meta.part", (hour_ago, hour_ago))
+    (tmp / "dead.part").write_bytes(b"")
+    (tmp / "dead.meta.part").write_bytes(b"")
+    for name in ("dead.part", "dead.meta.part"):
+        os.utime(tmp / name, (hour_ago, hour_ago))
     (tmp / "unrelated").write_bytes(b"not ours")
     backend = make_backend(running, root)
     try:
-        assert await backend.start() == 1
+        assert await backend.start() == 3
     finally:
         await backend.close()
-    assert sorted(p.name for p in tmp.iterdir()) == ["unrelated", "young.part"]
+    assert sorted(p.name for p in tmp.iterdir()) == [
+        "long.meta.part",
+        "long.part",
+        "unrelated",
+        "young.part",
+    ]
 
 
 async def test_missing_metadata_is_rebuilt(
