@@ -152,8 +152,16 @@ class _Pool:
             if dead is not None:
                 dead.conn.close()
             connecting = self._slots[i] = asyncio.create_task(self._connect())
-        # Shielded: one caller giving up must not abort the connection the others wait for.
-        return await asyncio.shield(connecting)
+        try:
+            # Shielded: one caller giving up must not abort the connection the others wait for.
+            return await asyncio.shield(connecting)
+        except Exception:
+            # The server may refuse one more connection (MaxStartups, a session limit) and
+            # still serve the ones it has: share a busy one rather than fail.
+            fallback = min(self._live(), key=lambda c: c.users, default=None)
+            if fallback is None:
+                raise
+            return fallback
 
     def discard(self, channel: _Channel) -> None:
         channel.conn.close()
@@ -184,6 +192,27 @@ def _result(task: asyncio.Task[_Channel] | None) -> _Channel | None:
 def _usable(task: asyncio.Task[_Channel] | None) -> _Channel | None:
     channel = _result(task)
     return channel if channel is not None and channel.alive else None
+
+
+class _Body:
+    """An upload's chunks, remembering whether getting the next one failed: a reset or a
+    timeout there is the client's, not the SFTP connection's."""
+
+    def __init__(self, chunks: AsyncIterable[bytes]) -> None:
+        self._chunks = aiter(chunks)
+        self.failed = False
+
+    def __aiter__(self) -> _Body:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await anext(self._chunks)
+        except StopAsyncIteration:
+            raise
+        except Exception:
+            self.failed = True
+            raise
 
 
 @dataclass(eq=False)
@@ -427,12 +456,13 @@ class SftpBackend:
                 log.info("connection to %s lost (%s); retrying on a new one", self.where, exc)
 
     @contextlib.contextmanager
-    def _guard(self, channel: _Channel) -> Iterator[None]:
-        """Turn a lost connection into BackendUnavailable, and drop that connection."""
+    def _guard(self, channel: _Channel, body: _Body | None = None) -> Iterator[None]:
+        """Turn a lost connection into BackendUnavailable, and drop that connection; not for
+        a failure of ``body`` (a client gone mid-upload), whose connection is others' too."""
         try:
             yield
         except Exception as exc:
-            if not _lost(exc):
+            if not _lost(exc) or (body is not None and body.failed):
                 raise
             self._pool.discard(channel)
             raise BackendUnavailable(_describe(self.where, exc)) from exc
@@ -638,9 +668,10 @@ class SftpBackend:
         sftp = channel.sftp
         stem = secrets.token_hex(16)
         temps = _Temps(self._temp_path(stem=stem), self._temp_path(".meta", stem))
-        with channel.busy(), self._guard(channel):
+        body = _Body(chunks)
+        with channel.busy(), self._guard(channel, body):
             try:
-                hashes = await self._upload(sftp, temps, chunks, expected.max_size)
+                hashes = await self._upload(sftp, temps, body, expected.max_size)
                 expected.check(hashes)
                 result = await self._commit(sftp, temps, hashes, content_type)
             except BaseException:

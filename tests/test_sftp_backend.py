@@ -554,6 +554,45 @@ async def test_pool_is_bounded(running: SshdServer, root: Path) -> None:
         await backend.close()
 
 
+async def test_a_client_gone_mid_upload_does_not_drop_the_shared_connection(
+    sftp: SftpBackend, root: Path
+) -> None:
+    channel = await sftp._pool.lease()  # the connection every operation here shares
+
+    async def reset() -> AsyncIterator[bytes]:
+        yield os.urandom(CHUNK)
+        yield os.urandom(CHUNK)
+        raise ConnectionResetError("the client went away")  # as aiohttp's body raises it
+
+    with pytest.raises(ConnectionResetError):  # the client's failure, not a 503
+        await sftp.put(reset())
+    assert channel.alive
+    assert await sftp._pool.lease() is channel
+    assert_nothing_stored(root)
+    assert (await sftp.put(chunks_of(b"the next upload"))).created
+
+
+async def test_a_refused_extra_connection_shares_a_busy_one(
+    running: SshdServer, root: Path
+) -> None:
+    backend = make_backend(running, root, pool_size=2)
+    await backend.start()
+    try:
+        first = await backend._pool.lease()
+
+        async def refused() -> Any:
+            raise BackendUnavailable("sshd: too many connections (MaxStartups)")
+
+        backend._pool._connect = refused  # the server refuses a second connection
+        with first.busy():
+            assert await backend._pool.lease() is first
+            data = os.urandom(100_000)
+            d = (await backend.put(chunks_of(data))).info.digest  # not a 503
+        assert await read_all(backend, d) == data
+    finally:
+        await backend.close()
+
+
 async def test_full_store_is_storage_full_and_leaves_nothing(
     running: SshdServer, tiny_fs: Path
 ) -> None:
