@@ -75,6 +75,10 @@ T = TypeVar("T")
 _TEMP_SUFFIX = ".part"
 # Metadata files are a few hundred bytes; one read request of this size fetches them whole.
 _SMALL_FILE = 64 * 1024
+# An fsync writes out what the server still holds in memory, at its disk's speed: its deadline
+# grows by a second for every this many bytes, so a blob of gigabytes on a slow disk is not
+# taken for a dead connection (the usual deadline, io_timeout, is for one request).
+_SLOWEST_FLUSH = 8 << 20
 # What writing into a temp file of ours answers when the server's disk is full (see _writing).
 _FULL = (asyncssh.SFTPNoSpaceOnFilesystem, asyncssh.SFTPQuotaExceeded, asyncssh.SFTPFailure)
 # What a rename that found its target already there answers (v3: failure; v5+: says so).
@@ -757,8 +761,7 @@ class SftpBackend:
             *(self._known_dir(sftp, d) for d in dirs),
         )
         if exists:
-            await temps.discard(sftp)
-            return PutResult(await self._existing_info(sftp, digest, content_type, hashes), False)
+            return await self._already_stored(sftp, temps, final, content_type, hashes)
         # Metadata and index before the blob's name: a visible blob always has both. The
         # requests on one file go out back to back, not each after the last one's answer: a
         # server processes requests on the same file in the order received (SFTP v3,
@@ -780,8 +783,9 @@ class SftpBackend:
             temps.data = None
 
         await _all(
-            self._sync(data),
-            self._sync(meta),
+            # The server answers the metadata's fsync after the blob's: both wait for its flush.
+            self._sync(data, hashes.size),
+            self._sync(meta, hashes.size),
             close_meta(),
             place_meta(),
             self._index_sha256(sftp, info),
@@ -792,8 +796,7 @@ class SftpBackend:
             if not await sftp.exists(final):
                 raise
             # Another upload of the same bytes committed first: ours is not needed.
-            await temps.discard(sftp)
-            return PutResult(await self._existing_info(sftp, digest, content_type, hashes), False)
+            return await self._already_stored(sftp, temps, final, content_type, hashes)
         temps.data_path = None
         # The rename is durable only once the server's file system commits it, and SFTP has
         # no way to fsync a directory. The blob's handle is still open: its second fsync, after
@@ -802,6 +805,23 @@ class SftpBackend:
         # made before it). Only then is the upload answered.
         await _all(self._sync(data), close_data())
         return PutResult(info, True)
+
+    async def _already_stored(
+        self,
+        sftp: asyncssh.SFTPClient,
+        temps: _Temps,
+        final: str,
+        content_type: str,
+        hashes: Hashes,
+    ) -> PutResult:
+        """Another upload put these bytes at ``final``: drop ours, and before answering make
+        sure that upload's rename is durable. It may have renamed and not yet fsynced (the end
+        of ``_commit``), and this upload is about to be answered as stored."""
+        await temps.discard(sftp)
+        async with sftp.open(final, "rb") as f:
+            await self._sync(f)
+        info = await self._existing_info(sftp, hashes.blake3, content_type, hashes)
+        return PutResult(info, False)
 
     async def _known_dir(self, sftp: asyncssh.SFTPClient, path: str) -> None:
         """Make a shard directory unless this node has seen it: one request, and none at all
@@ -835,11 +855,14 @@ class SftpBackend:
             async with asyncio.timeout(self._io_timeout):
                 await asyncio.gather(*(f.write(block, offset) for block, offset in blocks))
 
-    async def _sync(self, f: asyncssh.SFTPClientFile) -> None:
+    def _flush_timeout(self, unflushed: int) -> float:
+        return self._io_timeout + unflushed / _SLOWEST_FLUSH
+
+    async def _sync(self, f: asyncssh.SFTPClientFile, unflushed: int = 0) -> None:
         # The server's fsync extension, where offered, so that a committed blob survives a crash
         # of the server; without it we rely on the server's own durability.
         with self._writing(), contextlib.suppress(asyncssh.SFTPOpUnsupported):
-            async with asyncio.timeout(self._io_timeout):
+            async with asyncio.timeout(self._flush_timeout(unflushed)):
                 await f.fsync()
 
     async def _existing_info(

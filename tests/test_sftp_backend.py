@@ -283,6 +283,35 @@ async def test_a_small_put_is_five_round_trips_the_last_making_its_rename_durabl
     assert files_under(root, "tmp") == []
 
 
+async def test_a_duplicate_upload_is_answered_once_the_blob_is_durable(
+    sftp: SftpBackend, root: Path
+) -> None:
+    """The first upload may have renamed the blob and not yet fsynced it again; the second,
+    about to be answered "stored", fsyncs the blob itself first."""
+    data = os.urandom(4096)
+    assert (await sftp.put(chunks_of(data))).created
+    channel = await sftp._pool.lease()
+    handler: Any = channel.sftp._handler
+    send_packet = handler.send_packet
+    sent: list[tuple[int, bytes]] = []
+
+    def recording(pkttype: int, pktid: int | None, *args: bytes) -> None:
+        sent.append((pkttype, b"".join(args)))
+        send_packet(pkttype, pktid, *args)
+
+    handler.send_packet = recording
+    try:
+        again = await sftp.put(chunks_of(data))
+    finally:
+        handler.send_packet = send_packet
+    assert not again.created
+    assert again.info.sha256 == hashlib.sha256(data).digest()
+    fsyncs = [i for i, (t, body) in enumerate(sent) if t == asyncssh.constants.FXP_EXTENDED
+              and b"fsync@openssh.com" in body]  # fmt: skip
+    assert fsyncs, [t for t, _ in sent]
+    assert files_under(root, "tmp") == []
+
+
 async def test_sshd_killed_mid_upload(sftp: SftpBackend, running: SshdServer, root: Path) -> None:
     half_sent = asyncio.Event()
     go_on = asyncio.Event()
@@ -591,6 +620,17 @@ async def test_a_refused_extra_connection_shares_a_busy_one(
         assert await read_all(backend, d) == data
     finally:
         await backend.close()
+
+
+def test_the_fsync_deadline_of_a_large_blob_allows_a_slow_disk(
+    running: SshdServer, root: Path
+) -> None:
+    """An fsync of gigabytes on a slow disk takes minutes, not a request's 30 s: taken for a
+    dead connection, it would fail every large upload with a 503."""
+    backend = make_backend(running, root, io_timeout=30.0)
+    assert backend._flush_timeout(0) == 30.0
+    # 4 GiB written out at 10 MiB/s (an old disk, a busy array) fits.
+    assert backend._flush_timeout(4 << 30) > (4 << 30) / (10 << 20)
 
 
 async def test_full_store_is_storage_full_and_leaves_nothing(
