@@ -497,7 +497,10 @@ class SftpBackend:
     async def stat(self, digest: Digest) -> BlobInfo | None:
         info = self._info.get(digest)
         if info is None:
-            info = await self._run(lambda sftp: self._load_info(sftp, digest))
+            exists, info = await self._run(lambda sftp: self._load_info(sftp, digest))
+            if exists and info is None:
+                log.warning("metadata of %s on %s unreadable; rebuilding", digest, self.where)
+                info = await self._rebuild(digest)
             if info is not None:
                 self._info[digest] = info
         return info
@@ -508,18 +511,23 @@ class SftpBackend:
         found: bool = await self._run(lambda sftp: sftp.exists(self._blob_path(digest)))
         return found
 
-    async def _load_info(self, sftp: asyncssh.SFTPClient, digest: Digest) -> BlobInfo | None:
+    async def _load_info(
+        self, sftp: asyncssh.SFTPClient, digest: Digest
+    ) -> tuple[bool, BlobInfo | None]:
+        """Whether the blob exists, and its metadata if that is readable."""
         # Both at once: a metadata file alone proves nothing (an upload that died before its
         # rename, or a delete halfway through).
         exists, info = await asyncio.gather(
             sftp.exists(self._blob_path(digest)), self._read_meta(sftp, digest)
         )
-        if not exists:
-            return None
-        if info is None:
-            log.warning("metadata of %s on %s unreadable; rebuilding", digest, self.where)
-            info = await self._rebuild_meta(sftp, digest)
-        return info
+        return exists, info if exists else None
+
+    async def _rebuild(self, digest: Digest) -> BlobInfo | None:
+        """``_rebuild_meta`` on a connection of its own lease: it reads the whole blob, so it
+        runs under each request's deadline, not one deadline for all (a blob of gigabytes)."""
+        channel = await self._pool.lease()
+        with channel.busy(), self._guard(channel):
+            return await self._rebuild_meta(channel.sftp, digest)
 
     async def _read_meta(self, sftp: asyncssh.SFTPClient, digest: Digest) -> BlobInfo | None:
         try:
@@ -537,7 +545,12 @@ class SftpBackend:
             return None  # deleted meanwhile
         hashes = hasher.result()
         info = BlobInfo(digest, hashes.size, hashes.sha256, DEFAULT_CONTENT_TYPE, datetime.now(UTC))
-        await self._write_meta(sftp, info)
+        try:
+            await self._write_meta(sftp, info)
+        except StorageFull:
+            # Saving it only spares the next node the rehash: a full disk is no reason to fail
+            # a read.
+            log.warning("cannot save the rebuilt metadata of %s: %s is full", digest, self.where)
         return info
 
     async def open(

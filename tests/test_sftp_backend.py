@@ -537,6 +537,27 @@ async def test_missing_metadata_is_rebuilt(
     assert meta.exists()
 
 
+async def test_rebuilding_a_large_blobs_metadata_is_not_held_to_one_requests_deadline(
+    running: SshdServer, root: Path
+) -> None:
+    """Rehashing reads the whole blob: under one request's deadline, a large blob's stat would
+    time out, drop the connection and be a 503 for ever."""
+    # Each read takes milliseconds; reading 200 MiB takes well over the 0.2 s deadline.
+    backend = make_backend(running, root, io_timeout=0.2)
+    await backend.start()
+    try:
+        block = os.urandom(CHUNK)
+        d = (await backend.put(chunks_of(block * 800))).info.digest
+        (root / "meta" / d.hex[:2] / d.hex[2:4] / f"{d.hex}.json").unlink()
+        backend._info.clear()
+        info = await backend.stat(d)
+        assert info is not None
+        assert info.size == 800 * CHUNK
+        assert info.sha256 == hashlib.sha256(block * 800).digest()
+    finally:
+        await backend.close()
+
+
 async def test_metadata_without_its_blob_is_ignored_then_replaced(
     sftp: SftpBackend, running: SshdServer, root: Path
 ) -> None:
