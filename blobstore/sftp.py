@@ -565,6 +565,7 @@ class SftpBackend:
             try:
                 f = await sftp.open(path, "rb")
             except asyncssh.SFTPNoSuchFile:
+                self._info.pop(digest, None)  # deleted, perhaps by another node
                 raise BlobNotFound(str(digest)) from None
             try:
                 return f, await self._read(f, want(start), start)

@@ -558,6 +558,23 @@ async def test_rebuilding_a_large_blobs_metadata_is_not_held_to_one_requests_dea
         await backend.close()
 
 
+async def test_a_blob_deleted_by_another_node_is_forgotten_at_the_first_failed_read(
+    sftp: SftpBackend, running: SshdServer, root: Path
+) -> None:
+    data = os.urandom(10_000)
+    d = (await sftp.put(chunks_of(data))).info.digest
+    assert await sftp.exists(d)  # known to this node, from its own cache
+    other = make_backend(running, root)
+    try:
+        assert await other.delete(d)
+    finally:
+        await other.close()
+    with pytest.raises(BlobNotFound):
+        await read_all(sftp, d)
+    assert not await sftp.exists(d)
+    assert await sftp.stat(d) is None
+
+
 async def test_metadata_without_its_blob_is_ignored_then_replaced(
     sftp: SftpBackend, running: SshdServer, root: Path
 ) -> None:
