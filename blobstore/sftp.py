@@ -199,11 +199,11 @@ def _usable(task: asyncio.Task[_Channel] | None) -> _Channel | None:
 
 
 class _Body:
-    """An upload's chunks, remembering whether getting the next one failed: a reset or a
+    """An upload's blocks, remembering whether getting the next one failed: a reset or a
     timeout there is the client's, not the SFTP connection's."""
 
-    def __init__(self, chunks: AsyncIterable[bytes]) -> None:
-        self._chunks = aiter(chunks)
+    def __init__(self, blocks: AsyncIterable[bytes]) -> None:
+        self._chunks = aiter(blocks)
         self.failed = False
 
     def __aiter__(self) -> _Body:
@@ -686,10 +686,10 @@ class SftpBackend:
         sftp = channel.sftp
         stem = secrets.token_hex(16)
         temps = _Temps(self._temp_path(stem=stem), self._temp_path(".meta", stem))
-        body = _Body(chunks)
+        body = _Body(_coalesce(chunks, self._chunk_size, expected.max_size))
         with channel.busy(), self._guard(channel, body):
             try:
-                hashes = await self._upload(sftp, temps, body, expected.max_size)
+                hashes = await self._upload(sftp, temps, body)
                 expected.check(hashes)
                 result = await self._commit(sftp, temps, hashes, content_type)
             except BaseException:
@@ -699,11 +699,7 @@ class SftpBackend:
         return result
 
     async def _upload(
-        self,
-        sftp: asyncssh.SFTPClient,
-        temps: _Temps,
-        chunks: AsyncIterable[bytes],
-        limit: int | None,
+        self, sftp: asyncssh.SFTPClient, temps: _Temps, blocks: AsyncIterable[bytes]
     ) -> Hashes:
         """Everything but the last block written (one in flight while the next is received,
         hashed meanwhile); the last block is hashed and kept for ``_commit`` to write."""
@@ -713,7 +709,7 @@ class SftpBackend:
         pending: bytes | bytearray | None = None
         try:
             await temps.open(sftp, self._open_temp)
-            async for block in _coalesce(chunks, self._chunk_size, limit):
+            async for block in blocks:
                 if pending is not None:
                     if inflight is not None:
                         await inflight
