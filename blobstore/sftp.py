@@ -203,7 +203,7 @@ class _Body:
     timeout there is the client's, not the SFTP connection's."""
 
     def __init__(self, blocks: AsyncIterable[bytes]) -> None:
-        self._chunks = aiter(blocks)
+        self._blocks = aiter(blocks)
         self.failed = False
 
     def __aiter__(self) -> _Body:
@@ -211,7 +211,7 @@ class _Body:
 
     async def __anext__(self) -> bytes:
         try:
-            return await anext(self._chunks)
+            return await anext(self._blocks)
         except StopAsyncIteration:
             raise
         except Exception:

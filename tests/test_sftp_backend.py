@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -10,6 +11,7 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -242,6 +244,31 @@ async def test_cancelled_upload_leaves_no_file(sftp: SftpBackend, root: Path) ->
     assert_nothing_stored(root)
 
 
+@dataclass(frozen=True)
+class SentRequest:
+    pkttype: int
+    body: bytes
+    alone: bool  # every earlier request was answered when this one went out
+
+
+@contextlib.contextmanager
+def requests_sent(channel: Any) -> Iterator[list[SentRequest]]:
+    """The SFTP requests sent on ``channel`` while inside, in order."""
+    handler: Any = channel.sftp._handler
+    send_packet = handler.send_packet
+    sent: list[SentRequest] = []
+
+    def recording(pkttype: int, pktid: int | None, *args: bytes) -> None:
+        sent.append(SentRequest(pkttype, b"".join(args), len(handler._requests) <= 1))
+        send_packet(pkttype, pktid, *args)
+
+    handler.send_packet = recording
+    try:
+        yield sent
+    finally:
+        handler.send_packet = send_packet
+
+
 async def test_a_small_put_is_five_round_trips_the_last_making_its_rename_durable(
     sftp: SftpBackend, root: Path
 ) -> None:
@@ -251,31 +278,24 @@ async def test_a_small_put_is_five_round_trips_the_last_making_its_rename_durabl
     requests sent while no other was outstanding, i.e. after waiting for every answer.
     Requests on one file go out back to back (fsync, then close), which the protocol allows;
     each file still ends in place and whole."""
-    channel = await sftp._pool.lease()
-    handler: Any = channel.sftp._handler
-    send_packet = handler.send_packet
-    flights: list[list[int]] = []
-    last_request = b""
-
-    def counting(pkttype: int, pktid: int | None, *args: bytes) -> None:
-        nonlocal last_request
-        if len(handler._requests) <= 1:  # this request alone: every earlier one is answered
-            flights.append([])
-            last_request = b"".join(args)
-        flights[-1].append(pkttype)
-        send_packet(pkttype, pktid, *args)
-
-    handler.send_packet = counting
     data = os.urandom(4096)
     # start() made the first level of shard directories, so the second level's mkdir goes
     # with the writes.
-    result = await sftp.put(chunks_of(data))
-    handler.send_packet = send_packet
+    with requests_sent(await sftp._pool.lease()) as sent:
+        result = await sftp.put(chunks_of(data))
+    flights: list[list[SentRequest]] = []
+    for request in sent:
+        if request.alone:
+            flights.append([])
+        flights[-1].append(request)
     assert result.created
     assert len(flights) == 5, flights
-    assert flights[-2] == [asyncssh.constants.FXP_RENAME]
-    assert flights[-1] == [asyncssh.constants.FXP_EXTENDED, asyncssh.constants.FXP_CLOSE]
-    assert b"fsync@openssh.com" in last_request
+    assert [r.pkttype for r in flights[-2]] == [asyncssh.constants.FXP_RENAME]
+    assert [r.pkttype for r in flights[-1]] == [
+        asyncssh.constants.FXP_EXTENDED,
+        asyncssh.constants.FXP_CLOSE,
+    ]
+    assert b"fsync@openssh.com" in flights[-1][0].body
     digest = result.info.digest
     assert (root / "blobs" / Path(*digest.shard()) / digest.hex).read_bytes() == data
     meta = json.loads((root / "meta" / Path(*digest.shard()) / f"{digest.hex}.json").read_text())
@@ -290,25 +310,14 @@ async def test_a_duplicate_upload_is_answered_once_the_blob_is_durable(
     about to be answered "stored", fsyncs the blob itself first."""
     data = os.urandom(4096)
     assert (await sftp.put(chunks_of(data))).created
-    channel = await sftp._pool.lease()
-    handler: Any = channel.sftp._handler
-    send_packet = handler.send_packet
-    sent: list[tuple[int, bytes]] = []
-
-    def recording(pkttype: int, pktid: int | None, *args: bytes) -> None:
-        sent.append((pkttype, b"".join(args)))
-        send_packet(pkttype, pktid, *args)
-
-    handler.send_packet = recording
-    try:
+    with requests_sent(await sftp._pool.lease()) as sent:
         again = await sftp.put(chunks_of(data))
-    finally:
-        handler.send_packet = send_packet
     assert not again.created
     assert again.info.sha256 == hashlib.sha256(data).digest()
-    fsyncs = [i for i, (t, body) in enumerate(sent) if t == asyncssh.constants.FXP_EXTENDED
-              and b"fsync@openssh.com" in body]  # fmt: skip
-    assert fsyncs, [t for t, _ in sent]
+    assert any(
+        r.pkttype == asyncssh.constants.FXP_EXTENDED and b"fsync@openssh.com" in r.body
+        for r in sent
+    ), [r.pkttype for r in sent]
     assert files_under(root, "tmp") == []
 
 
