@@ -83,6 +83,11 @@ _SLOWEST_FLUSH = 8 << 20
 _FULL = (asyncssh.SFTPNoSpaceOnFilesystem, asyncssh.SFTPQuotaExceeded, asyncssh.SFTPFailure)
 # What a rename that found its target already there answers (v3: failure; v5+: says so).
 _EXISTS = (asyncssh.SFTPFailure, asyncssh.SFTPFileAlreadyExists)
+# What a commit's mkdir, rename or symlink answers on a full disk (v3 has no ENOSPC; a failed
+# mkdir shows as its directory missing): ambiguous, so the server is asked (_is_full).
+_MAYBE_FULL = (*_FULL, asyncssh.SFTPNoSuchFile)
+# Less free space than this counts as full: a commit needs a block or two, a blob more.
+_NEARLY_FULL = 1 << 20
 
 
 class BackendUnavailable(BlobStoreError):
@@ -692,6 +697,13 @@ class SftpBackend:
                 hashes = await self._upload(sftp, temps, body)
                 expected.check(hashes)
                 result = await self._commit(sftp, temps, hashes, content_type)
+            except _MAYBE_FULL as exc:
+                # Asked before the temps go, while they still take the space they took.
+                full = await self._is_full(sftp)
+                await temps.discard(sftp)
+                if full:
+                    raise StorageFull(f"{self.where}: the server's disk is full") from exc
+                raise
             except BaseException:
                 await temps.discard(sftp)
                 raise
@@ -738,6 +750,17 @@ class SftpBackend:
             yield
         except _FULL as exc:
             raise StorageFull(f"{self.where}: the server could not store the bytes") from exc
+
+    async def _is_full(self, sftp: asyncssh.SFTPClient) -> bool:
+        """Whether the server's file system is out of space or inodes (``statvfs@openssh.com``;
+        False where the server cannot say)."""
+        try:
+            async with asyncio.timeout(self._io_timeout):
+                vfs = await sftp.statvfs(self.root)
+        except (asyncssh.SFTPError, TimeoutError):
+            return False
+        no_inodes = vfs.files > 0 and vfs.favail == 0  # 0 files: the FS does not count them
+        return vfs.bavail * vfs.frsize < _NEARLY_FULL or no_inodes
 
     async def _open_temp(self, sftp: asyncssh.SFTPClient, path: str) -> asyncssh.SFTPClientFile:
         with self._writing():

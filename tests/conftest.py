@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import queue
 import re
@@ -14,6 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import blake3
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -139,6 +141,24 @@ def tiny_fs(tmp_path: Path) -> Iterator[Path]:
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def bytes_in_new_shards(than: bytes, size: int = 1000) -> bytes:
+    """Random bytes none of whose shard directories (BLAKE3's or SHA-256's) ``than`` uses."""
+
+    def shards(data: bytes) -> set[str]:
+        return {blake3.blake3(data).hexdigest()[:4], hashlib.sha256(data).hexdigest()[:4]}
+
+    while shards(data := os.urandom(size)) & shards(than):
+        pass
+    return data
+
+
+def limit_inodes(mount: Path, spare: int) -> None:
+    """Remount a ``tiny_fs`` with room for only ``spare`` more files, directories or links."""
+    vfs = os.statvfs(mount)
+    used = vfs.f_files - vfs.f_ffree
+    subprocess.run(["mount", "-o", f"remount,nr_inodes={used + spare}", str(mount)], check=True)
 
 
 @pytest.fixture(scope="session")

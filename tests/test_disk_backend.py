@@ -22,6 +22,8 @@ from blobstore import (
     StorageFull,
 )
 
+from .conftest import bytes_in_new_shards, limit_inodes
+
 
 async def chunks_of(data: bytes, size: int = 65536) -> AsyncIterator[bytes]:
     for i in range(0, len(data), size):
@@ -150,3 +152,31 @@ async def test_full_disk_is_storage_full_and_leaves_nothing(tiny_fs: Path) -> No
     # The space came back: the next upload that fits succeeds.
     another = os.urandom(500_000)
     assert (await disk.put(chunks_of(another))).created
+
+
+async def test_a_commit_out_of_inodes_is_storage_full_and_leaves_nothing(
+    tiny_fs: Path,
+) -> None:
+    """The bytes fit, but a shard directory, the metadata or the SHA-256 link does not: each
+    step of the commit is hit, one more inode at a time, until the upload fits."""
+    disk = DiskBackend(tiny_fs)
+    await disk.start()
+    first = os.urandom(1000)
+    await disk.put(chunks_of(first))
+    data = bytes_in_new_shards(first)
+    refused = 0
+    for spare in range(1, 20):
+        limit_inodes(tiny_fs, spare)
+        try:
+            result = await disk.put(chunks_of(data))
+        except StorageFull:
+            refused += 1
+            assert leftovers(disk) == []
+            assert [d async for d in disk.iter_digests()] == [digest_of(first)]
+            assert await disk.stat(digest_of(data)) is None
+            continue
+        assert result.created
+        break
+    # One inode short for the temp, the metadata's temp, then each directory and the link.
+    assert refused >= 4
+    assert await disk.stat(digest_of(data)) is not None

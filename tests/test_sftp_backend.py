@@ -43,6 +43,7 @@ from blobstore.sshtune import (
     skip_ignore_packets,
 )
 
+from .conftest import bytes_in_new_shards, limit_inodes
 from .sshd_server import SshdServer, keygen
 
 CHUNK = 256 * 1024
@@ -693,6 +694,39 @@ async def test_full_store_is_storage_full_and_leaves_nothing(
         assert files_under(tiny_fs, "tmp") == []
         assert [d async for d in backend.iter_digests()] == [digest_of(small)]
         assert (await backend.put(chunks_of(os.urandom(500_000)))).created
+    finally:
+        await backend.close()
+
+
+async def test_a_commit_out_of_inodes_is_storage_full_and_leaves_nothing(
+    running: SshdServer, tiny_fs: Path
+) -> None:
+    """The bytes fit, but a shard directory, the metadata or the SHA-256 link does not: SFTP v3
+    answers only "failure" (or, after a failed mkdir, "no such file" from the rename into it),
+    so the backend asks the server whether its disk is full. Every step of the commit is hit,
+    one more inode at a time, until the upload fits."""
+    backend = make_backend(running, tiny_fs)
+    await backend.start()
+    try:
+        first = os.urandom(1000)
+        await backend.put(chunks_of(first))
+        data = bytes_in_new_shards(first)
+        refused = 0
+        for spare in range(1, 20):
+            limit_inodes(tiny_fs, spare)
+            try:
+                result = await backend.put(chunks_of(data))
+            except StorageFull:
+                refused += 1
+                assert files_under(tiny_fs, "tmp") == []
+                assert [d async for d in backend.iter_digests()] == [digest_of(first)]
+                assert await backend.stat(digest_of(data)) is None
+                continue
+            assert result.created
+            break
+        # One inode short for the two temps, then for each directory and the link.
+        assert refused >= 4
+        assert await read_all(backend, digest_of(data)) == data
     finally:
         await backend.close()
 
