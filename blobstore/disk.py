@@ -148,7 +148,12 @@ class DiskBackend:
                 hasher.update(chunk)
         hashes = hasher.result()
         info = BlobInfo(digest, size, hashes.sha256, DEFAULT_CONTENT_TYPE, datetime.now(UTC))
-        self._write_meta(info)
+        try:
+            self._write_meta(info)
+        except OSError as exc:
+            # Saving it only spares the next read the rehash: a full disk is no reason to fail
+            # this one.
+            log.warning("cannot save the rebuilt metadata of %s: %s", digest, exc)
         return info
 
     async def open(

@@ -552,10 +552,12 @@ class SftpBackend:
         info = BlobInfo(digest, hashes.size, hashes.sha256, DEFAULT_CONTENT_TYPE, datetime.now(UTC))
         try:
             await self._write_meta(sftp, info)
-        except StorageFull:
-            # Saving it only spares the next node the rehash: a full disk is no reason to fail
-            # a read.
-            log.warning("cannot save the rebuilt metadata of %s: %s is full", digest, self.where)
+        except (StorageFull, asyncssh.SFTPError) as exc:
+            # Saving it only spares the next node the rehash: a full disk, or a directory the
+            # server would not make, is no reason to fail a read.
+            if _lost(exc):
+                raise
+            log.warning("cannot save the rebuilt metadata of %s in %s: %s", digest, self.where, exc)
         return info
 
     async def open(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -136,6 +137,21 @@ async def test_missing_metadata_is_rebuilt(disk: DiskBackend) -> None:
     assert info is not None
     assert info.sha256 == hashlib.sha256(data).digest()
     assert meta.exists()
+
+
+async def test_metadata_that_cannot_be_saved_still_answers_the_read(tiny_fs: Path) -> None:
+    disk = DiskBackend(tiny_fs)
+    await disk.start()
+    data = os.urandom(10_000)
+    d = (await disk.put(chunks_of(data))).info.digest
+    meta = tiny_fs / "meta" / d.hex[:2] / d.hex[2:4]
+    shutil.rmtree(meta)
+    limit_inodes(tiny_fs, 0)  # not even its directory
+    info = await DiskBackend(tiny_fs).stat(d)
+    assert info is not None
+    assert info.sha256 == hashlib.sha256(data).digest()
+    assert not meta.exists()
+    assert leftovers(disk) == []
 
 
 async def test_full_disk_is_storage_full_and_leaves_nothing(tiny_fs: Path) -> None:

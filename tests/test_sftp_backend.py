@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Iterator
@@ -545,6 +546,29 @@ async def test_missing_metadata_is_rebuilt(
     assert info is not None
     assert info.sha256 == hashlib.sha256(data).digest()
     assert meta.exists()
+
+
+async def test_metadata_that_cannot_be_saved_still_answers_the_read(
+    running: SshdServer, tiny_fs: Path
+) -> None:
+    """The rebuilt metadata's directory cannot be made (no inode left, which SFTP v3 reports
+    as a plain failure): the read still gets the rehashed facts, and nothing is left."""
+    backend = make_backend(running, tiny_fs)
+    await backend.start()
+    try:
+        data = os.urandom(10_000)
+        d = (await backend.put(chunks_of(data))).info.digest
+        meta = tiny_fs / "meta" / d.hex[:2] / d.hex[2:4]
+        shutil.rmtree(meta)
+        backend._info.clear()
+        limit_inodes(tiny_fs, 1)  # the temp file, not its directory
+        info = await backend.stat(d)
+        assert info is not None
+        assert info.sha256 == hashlib.sha256(data).digest()
+        assert not meta.exists()
+        assert files_under(tiny_fs, "tmp") == []
+    finally:
+        await backend.close()
 
 
 async def test_rebuilding_a_large_blobs_metadata_is_not_held_to_one_requests_deadline(
