@@ -172,3 +172,40 @@ def test_sshd_stopped_mid_put_is_503_and_nothing_half_written(
         "the origin never reconnected",
     )
     assert on_sftp(sshd, digest).read_bytes() == data
+
+
+def test_a_full_disk_cache_costs_the_cache_not_the_request(
+    tmp_path: Path, sshd: SshdServer, tiny_fs: Path
+) -> None:
+    """The local disk cache on a 2 MiB file system: a 5 MiB blob is stored on SFTP and served
+    from it; the copy that does not fit leaves nothing in the cache, and the cache keeps
+    working for what fits."""
+    node = tmp_path / "node"
+    node.mkdir()
+    (node / "cache").symlink_to(tiny_fs)
+    env = {
+        "ORIGIN_SFTP_URL": sshd.url,
+        "ORIGIN_SFTP_KEY": str(sshd.client_key),
+        "ORIGIN_SFTP_KNOWN_HOSTS": str(sshd.known_hosts),
+        "ORIGIN_MEMORY_CACHE_SIZE": "0",
+    }
+    origin = LiveOrigin(data_dir=node, env=env).start()
+    try:
+        big, small = os.urandom(5 << 20), os.urandom(100_000)
+        for data in (big, small):
+            assert http(origin, "PUT", f"/blobs/{b3(data)}", data, auth(origin))[0] == 201
+            assert on_sftp(sshd, b3(data)).read_bytes() == data
+        for _ in range(2):  # the second GET of each, after its fill has ended
+            assert http(origin, "GET", f"/blobs/{b3(big)}") == (200, big)
+            assert http(origin, "GET", f"/blobs/{b3(small)}") == (200, small)
+        cached = {p.name for p in (tiny_fs / "blobs").rglob("*") if p.is_file()}
+        wait_for(lambda: not any((tiny_fs / "tmp").iterdir()), "a partial copy stayed")
+        assert b3(big) not in cached
+        wait_for(
+            lambda: (tiny_fs / "blobs" / b3(small)[:2] / b3(small)[2:4] / b3(small)).exists(),
+            "the blob that fits was not cached",
+        )
+        status, part = http(origin, "GET", f"/blobs/{b3(big)}", headers={"Range": "bytes=7-99"})
+        assert (status, part) == (206, big[7:100])
+    finally:
+        origin.stop()
