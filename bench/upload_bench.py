@@ -198,6 +198,7 @@ class Result:
     note: str = ""
     round: int = 1
     contender: str = ""  # the name without the round
+    rerun: bool = False  # a re-run with nothing changed: timed, but not a transfer rate
 
     @property
     def mib_s(self) -> float:
@@ -527,7 +528,7 @@ def origin_run(
             f"{100 * again.seconds / first.seconds:.1f} % of the first run; uploaded 0 bytes"
         )
         log(f"  re-run {again.seconds:.2f}s ({again.note})")
-        again.round, again.contender = rnd, f"{label}, re-run"
+        again.round, again.contender, again.rerun = rnd, f"{label}, re-run", True
         bench.results.append(again)
     finally:
         origin.stop()
@@ -589,7 +590,7 @@ def table(bench: Bench) -> str:
 def rounds_summary(bench: Bench) -> list[str]:
     """Each contender's median over the rounds, and its ratio to plain ``sftp -b`` round by
     round (the two ran minutes apart, not sessions apart)."""
-    timed_runs = [r for r in bench.results if not r.contender.endswith("re-run")]
+    timed_runs = [r for r in bench.results if not r.rerun]
     baseline = {r.round: r.mib_s for r in timed_runs if r.contender == "sftp -b"}
     lines = []
     for contender in dict.fromkeys(r.contender for r in timed_runs):
