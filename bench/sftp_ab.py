@@ -41,7 +41,8 @@ import asyncssh.sftp
 import psutil
 import uvloop
 
-from blobstore.sftp import SftpBackend, _Channel
+from blobstore.sftp import SftpBackend
+from blobstore.sftp_pool import Channel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.sshd_server
 from tests.sshd_server import SshdServer
@@ -111,8 +112,8 @@ class _PipeWriter:
         self._stdin.close()
 
 
-def openssh_connect(server: SshdServer) -> Callable[[], Coroutine[Any, Any, _Channel]]:
-    async def connect() -> _Channel:
+def openssh_connect(server: SshdServer) -> Callable[[], Coroutine[Any, Any, Channel]]:
+    async def connect() -> Channel:
         proc = await asyncio.create_subprocess_exec(
             "ssh", "-F", "/dev/null", "-s", "-p", str(server.port), "-i", str(server.client_key),
             "-o", "IdentitiesOnly=yes", "-o", f"UserKnownHostsFile={server.known_hosts}",
@@ -128,7 +129,7 @@ def openssh_connect(server: SshdServer) -> Callable[[], Coroutine[Any, Any, _Cha
             _PipeWriter(process), "utf-8", "strict", 3,
         )  # fmt: skip
         conn: Any = process
-        return _Channel(conn, sftp)
+        return Channel(conn, sftp)
 
     return connect
 

@@ -7,6 +7,7 @@ records and errors, and the backends that implement it.
 from .backend import (
     DEFAULT_CONTENT_TYPE,
     NOTHING_EXPECTED,
+    BackendUnavailable,
     BlobBackend,
     BlobInfo,
     BlobNotFound,
@@ -20,7 +21,7 @@ from .backend import (
 from .digest import NEVER_STORED, Digest, DigestError, is_sha256_hex
 from .disk import DiskBackend
 from .hashing import Hashes, StreamHasher, hash_bytes, update_off_loop
-from .sftp import BackendUnavailable, SftpBackend
+from .sftp import SftpBackend
 
 __all__ = [
     "DEFAULT_CONTENT_TYPE",

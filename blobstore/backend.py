@@ -51,6 +51,15 @@ class StorageFull(BlobStoreError):
     pass
 
 
+class BackendUnavailable(BlobStoreError):
+    """A remote store (SFTP) cannot be reached or the connection dropped mid-operation (HTTP
+    503).
+
+    Nothing was committed by the failed operation; an upload may have left a temp file that a
+    later ``start()`` sweeps.
+    """
+
+
 class BlobTooLarge(BlobStoreError):
     def __init__(self, limit: int) -> None:
         super().__init__(f"the body exceeds the limit of {limit} bytes")

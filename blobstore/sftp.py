@@ -15,9 +15,10 @@ with link + unlink), so when two nodes upload the same bytes exactly one of them
 and the other learns that it already existed, and a partial file can never appear under a final
 name. posix-rename (atomic replace) is what the metadata file wants, and gets where offered.
 
-Operations run over a small pool of SSH connections, one SFTP channel each, shared by concurrent
-operations (SFTP pipelines requests). A dropped connection is replaced on the next operation;
-idempotent operations retry once on a fresh connection; uploads never retry on their own.
+Operations run over a small pool of SSH connections (``sftp_pool``), one SFTP channel each,
+shared by concurrent operations (SFTP pipelines requests). A dropped connection is replaced on
+the next operation; idempotent operations retry once on a fresh connection; uploads never retry
+on their own.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from collections.abc import (
     AsyncIterator,
     Awaitable,
     Callable,
-    Coroutine,
     Iterator,
     Sequence,
 )
@@ -50,9 +50,9 @@ from cachetools import LRUCache
 from .backend import (
     DEFAULT_CONTENT_TYPE,
     NOTHING_EXPECTED,
+    BackendUnavailable,
     BlobInfo,
     BlobNotFound,
-    BlobStoreError,
     Expectation,
     PutResult,
     StorageFull,
@@ -60,6 +60,7 @@ from .backend import (
 from .digest import Digest, DigestError
 from .disk import _coalesce, _decode_meta, _encode_meta  # one metadata format for both
 from .hashing import Hashes, StreamHasher, update_off_loop
+from .sftp_pool import Channel, Pool, is_lost
 from .sshsend import fast_channel_data, fast_requests
 from .sshtune import (
     buffer_padding_randomness,
@@ -88,119 +89,6 @@ _EXISTS = (asyncssh.SFTPFailure, asyncssh.SFTPFileAlreadyExists)
 _MAYBE_FULL = (*_FULL, asyncssh.SFTPNoSuchFile)
 # Less free space than this counts as full: a commit needs a block or two, a blob more.
 _NEARLY_FULL = 1 << 20
-
-
-class BackendUnavailable(BlobStoreError):
-    """The store cannot be reached or the connection dropped mid-operation (HTTP 503).
-
-    Nothing was committed by the failed operation; an upload may have left a temp file that a
-    later ``start()`` sweeps.
-    """
-
-
-def _lost(exc: BaseException) -> bool:
-    """Whether an exception means the connection, not the request, failed."""
-    if isinstance(exc, asyncssh.SFTPError):
-        return isinstance(exc, (asyncssh.SFTPConnectionLost, asyncssh.SFTPNoConnection))
-    # OSError covers refused and reset sockets and our own timeouts; asyncssh.Error covers
-    # disconnects, failed channel opens and refused host keys or logins.
-    return isinstance(exc, (OSError, asyncssh.Error))
-
-
-@dataclass(eq=False)
-class _Channel:
-    conn: asyncssh.SSHClientConnection
-    sftp: asyncssh.SFTPClient
-    users: int = 0
-
-    @property
-    def alive(self) -> bool:
-        return not self.conn.is_closed()
-
-    @contextlib.contextmanager
-    def busy(self) -> Iterator[None]:
-        self.users += 1
-        try:
-            yield
-        finally:
-            self.users -= 1
-
-
-class _Pool:
-    """Up to ``size`` connections, opened when the ones there are all busy, replaced when dead.
-
-    Concurrent callers that need a connection while one is being opened wait for that one, so
-    an unreachable server costs each of them one connect timeout, not one each in turn.
-    """
-
-    def __init__(self, connect: Callable[[], Coroutine[Any, Any, _Channel]], size: int) -> None:
-        if size < 1:
-            raise ValueError("pool_size must be at least 1")
-        self._connect = connect
-        self._slots: list[asyncio.Task[_Channel] | None] = [None] * size
-        self._closed = False
-
-    def _live(self) -> list[_Channel]:
-        return [c for t in self._slots if (c := _usable(t)) is not None]
-
-    async def lease(self) -> _Channel:
-        if self._closed:
-            raise BackendUnavailable("the SFTP backend is closed")
-        live = self._live()
-        best = min(live, key=lambda c: c.users, default=None)
-        connecting = next((t for t in self._slots if t is not None and not t.done()), None)
-        # A busy connection now beats a new one later; grow only one connection at a time.
-        if best is not None and (
-            best.users == 0 or connecting is not None or len(live) == len(self._slots)
-        ):
-            return best
-        if connecting is None:
-            # Some slot is empty, failed or dead (fewer live than slots, none connecting).
-            i = next(i for i, t in enumerate(self._slots) if _usable(t) is None)
-            dead = _result(self._slots[i])
-            if dead is not None:
-                dead.conn.close()
-            connecting = self._slots[i] = asyncio.create_task(self._connect())
-        try:
-            # Shielded: one caller giving up must not abort the connection the others wait for.
-            return await asyncio.shield(connecting)
-        except Exception:
-            # The server may refuse one more connection (MaxStartups, a session limit) and
-            # still serve the ones it has: share a busy one rather than fail.
-            fallback = min(self._live(), key=lambda c: c.users, default=None)
-            if fallback is None:
-                raise
-            return fallback
-
-    def discard(self, channel: _Channel) -> None:
-        channel.conn.close()
-        for i, t in enumerate(self._slots):
-            if _result(t) is channel:
-                self._slots[i] = None
-
-    async def close(self) -> None:
-        self._closed = True
-        tasks = [t for t in self._slots if t is not None]
-        self._slots = [None] * len(self._slots)
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        conns = [c.conn for t in tasks if (c := _result(t)) is not None]
-        for conn in conns:
-            conn.close()
-        await asyncio.gather(*(conn.wait_closed() for conn in conns))
-
-
-def _result(task: asyncio.Task[_Channel] | None) -> _Channel | None:
-    """The channel a finished connect produced (alive or not), else None."""
-    if task is None or not task.done() or task.cancelled() or task.exception() is not None:
-        return None
-    return task.result()
-
-
-def _usable(task: asyncio.Task[_Channel] | None) -> _Channel | None:
-    channel = _result(task)
-    return channel if channel is not None and channel.alive else None
 
 
 class _Body:
@@ -311,7 +199,7 @@ class SftpBackend:
             # the CPU per byte, here and on the server that every node sends its blobs to.
             encryption_algs="^aes128-gcm@openssh.com,aes256-gcm@openssh.com",
         )
-        self._pool = _Pool(self._open_channel, pool_size)
+        self._pool = Pool(self._open_channel, pool_size)
         buffer_padding_randomness()
         keep_gcm_keys()
         log_lazily()
@@ -411,7 +299,7 @@ class SftpBackend:
         """Raise BackendUnavailable when the store cannot serve (for readiness checks)."""
         await self._run(lambda sftp: sftp.stat(self.root))
 
-    async def _open_channel(self) -> _Channel:
+    async def _open_channel(self) -> Channel:
         try:
             conn = await asyncssh.connect(self.host, self.port, options=self._options, config=[])
         except asyncssh.HostKeyNotVerifiable as exc:
@@ -434,16 +322,14 @@ class SftpBackend:
         handler: Any = getattr(sftp, "_handler", None)
         fast_requests(handler)
         fast_channel_data(getattr(getattr(handler, "_writer", None), "channel", None))
-        return _Channel(conn, sftp)
+        return Channel(conn, sftp)
 
     # -- running operations -------------------------------------------------------------------
 
     async def _run(self, op: Callable[[asyncssh.SFTPClient], Awaitable[T]]) -> T:
         return (await self._run_on(op))[1]
 
-    async def _run_on(
-        self, op: Callable[[asyncssh.SFTPClient], Awaitable[T]]
-    ) -> tuple[_Channel, T]:
+    async def _run_on(self, op: Callable[[asyncssh.SFTPClient], Awaitable[T]]) -> tuple[Channel, T]:
         """Run an idempotent operation; once more on a fresh connection if its connection died.
 
         Also returns the connection it ran on, for results tied to it (an open file).
@@ -456,7 +342,7 @@ class SftpBackend:
                     async with asyncio.timeout(self._io_timeout):
                         return channel, await op(channel.sftp)
             except Exception as exc:
-                if not _lost(exc):
+                if not is_lost(exc):
                     raise
                 self._pool.discard(channel)
                 if retried:
@@ -465,13 +351,13 @@ class SftpBackend:
                 log.info("connection to %s lost (%s); retrying on a new one", self.where, exc)
 
     @contextlib.contextmanager
-    def _guard(self, channel: _Channel, body: _Body | None = None) -> Iterator[None]:
+    def _guard(self, channel: Channel, body: _Body | None = None) -> Iterator[None]:
         """Turn a lost connection into BackendUnavailable, and drop that connection; not for
         a failure of ``body`` (a client gone mid-upload), whose connection is others' too."""
         try:
             yield
         except Exception as exc:
-            if not _lost(exc) or (body is not None and body.failed):
+            if not is_lost(exc) or (body is not None and body.failed):
                 raise
             self._pool.discard(channel)
             raise BackendUnavailable(_describe(self.where, exc)) from exc
@@ -555,7 +441,7 @@ class SftpBackend:
         except (StorageFull, asyncssh.SFTPError) as exc:
             # Saving it only spares the next node the rehash: a full disk, or a directory the
             # server would not make, is no reason to fail a read.
-            if _lost(exc):
+            if is_lost(exc):
                 raise
             log.warning("cannot save the rebuilt metadata of %s in %s: %s", digest, self.where, exc)
         return info

@@ -23,6 +23,7 @@ import pytest
 from asyncssh.constants import MSG_CHANNEL_DATA, MSG_IGNORE
 
 from blobstore import (
+    BackendUnavailable,
     BlobBackend,
     BlobNotFound,
     BlobTooLarge,
@@ -30,10 +31,10 @@ from blobstore import (
     DigestMismatch,
     DiskBackend,
     Expectation,
+    SftpBackend,
     StorageFull,
     sshsend,
 )
-from blobstore.sftp import BackendUnavailable, SftpBackend
 from blobstore.sshsend import fast_channel_data, fast_requests
 from blobstore.sshtune import (
     _KeyedGCMCipher,
