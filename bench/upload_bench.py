@@ -19,6 +19,10 @@ What it does (bench/README.md says how to run it, docs/BENCHMARKS.md has the res
 5. Prints a table (wall time, MiB/s, files/s, CPU of origin, sshd and client, the cipher the
    sshd log shows), optionally Markdown and JSON, and removes everything it made.
 
+With ``--rtt MS`` both ``sftp -b`` and ``origin upload`` reach their server through
+bench/wan_link.py, a link with that round trip (the origin's own SFTP leg stays direct): an
+asset library uploaded from a studio to a data centre.
+
 Before every timed run the tree is read once (so it is in the page cache for every contender)
 and the machine is given a bounded wait to become idle.
 """
@@ -42,7 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -306,14 +310,42 @@ def sftp_batch(tree: Path, plan: list[TreeFile], remote: Path, fsync: bool = Fal
     return "\n".join(lines) + "\n"
 
 
-def sftp_cmd(sshd: SshdServer, batch: Path, cipher: str, extra: Sequence[str]) -> list[str]:
+def sftp_cmd(
+    sshd: SshdServer, port: int, batch: Path, cipher: str, extra: Sequence[str]
+) -> list[str]:
+    """``port``: sshd's, or that of a link in front of it (the host key is still sshd's)."""
     return [
         "sftp", "-F", "/dev/null", "-b", str(batch), "-i", str(sshd.client_key),
         "-o", "IdentitiesOnly=yes", "-o", f"UserKnownHostsFile={sshd.known_hosts}",
+        "-o", f"HostKeyAlias=[127.0.0.1]:{sshd.port}",
         "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
         *(["-o", f"Ciphers={cipher}"] if cipher != "default" else []),
-        "-P", str(sshd.port), *extra, f"{sshd.user}@127.0.0.1",
+        "-P", str(port), *extra, f"{sshd.user}@127.0.0.1",
     ]  # fmt: skip
+
+
+@contextlib.contextmanager
+def link_to(port: int, args: argparse.Namespace, log_path: Path) -> Iterator[int]:
+    """The port a client should use for ``port``: itself, or with ``--rtt`` that of a
+    bench/wan_link.py in front of it, whose CPU counts as "other" in the table."""
+    if not args.rtt:
+        yield port
+        return
+    with open(log_path, "ab") as errors:
+        proc = subprocess.Popen(
+            [sys.executable, str(BENCH_DIR / "wan_link.py"), "--target", f"127.0.0.1:{port}",
+             "--delay-ms", str(args.rtt / 2), "--window", str(args.rtt_window)],
+            stdout=subprocess.PIPE, stderr=errors, text=True, start_new_session=True,
+        )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        m = re.search(r"listening on 127\.0\.0\.1:(\d+)", proc.stdout.readline())
+        if m is None:
+            raise RuntimeError(f"wan_link did not start; see {log_path}")
+        yield int(m.group(1))
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def check_copy(tree: Path, plan: list[TreeFile], remote: Path) -> None:
@@ -427,11 +459,12 @@ def run_round(
         wait_quiet(args.quiet_idle, args.quiet_wait, name)
         warm = read_tree(tree, plan)
         log(f"{name} (tree read in {warm:.1f}s)")
-        result = timed(
-            name, sftp_cmd(sshd, batch, args.cipher, extra),
-            env=env, out=out, origin_pid=0, sshd_pid=sshd.proc.pid, sshd_log=sshd_log,
-            files=len(plan), nbytes=total, jobs=1,
-        )  # fmt: skip
+        with link_to(sshd.port, args, work / "wan_link.log") as port:
+            result = timed(
+                name, sftp_cmd(sshd, port, batch, args.cipher, extra),
+                env=env, out=out, origin_pid=0, sshd_pid=sshd.proc.pid, sshd_log=sshd_log,
+                files=len(plan), nbytes=total, jobs=1,
+            )  # fmt: skip
         check_copy(tree, plan, remote)
         shutil.rmtree(remote)
         os.sync()
@@ -493,11 +526,14 @@ def origin_run(
     where = store_label or "the SFTP store"
     # Its own log per origin: Origin finds its URL by the first "listening on" in it.
     origin = Origin(Path(args.origin), data, origin_env, args.workers, work / f"origin-{name}.log")
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.callback(origin.stop)
+        link = link_to(int(origin.url.rsplit(":", 1)[1]), args, work / "wan_link.log")
+        url = f"http://127.0.0.1:{stack.enter_context(link)}"
         hash_cache = xdg / "origin" / "upload-hashes.json"
         assert not hash_cache.exists()  # the first run is cold
         manifest = work / f"manifest-{name}.json"
-        cmd = [args.origin, "upload", "--url", origin.url, "-j", str(jobs),
+        cmd = [args.origin, "upload", "--url", url, "-j", str(jobs),
                "--no-progress", "--manifest", str(manifest), str(tree)]  # fmt: skip
         up_env = {**env, "ORIGIN_TOKEN": TOKEN, "XDG_CACHE_HOME": str(xdg)}
         wait_quiet(args.quiet_idle, args.quiet_wait, label)
@@ -530,8 +566,6 @@ def origin_run(
         log(f"  re-run {again.seconds:.2f}s ({again.note})")
         again.round, again.contender, again.rerun = rnd, f"{label}, re-run", True
         bench.results.append(again)
-    finally:
-        origin.stop()
     shutil.rmtree(store, ignore_errors=True)
     shutil.rmtree(data, ignore_errors=True)
 
@@ -612,7 +646,13 @@ def report(bench: Bench, info: dict[str, str]) -> str:
     total = sum(f.size for f in plan_tree(a.files, a.min_size, a.max_size, a.seed))
     parts = [
         f"Tree: {a.files} files, sizes log-uniform {a.min_size} B .. {a.max_size} B "
-        f"(seed {a.seed}), {total / GiB:.2f} GiB. origin serve --workers {a.workers}.",
+        f"(seed {a.seed}), {total / GiB:.2f} GiB. origin serve --workers {a.workers}."
+        + (
+            f" sftp -b and origin upload through bench/wan_link.py: RTT {a.rtt:g} ms, "
+            f"window {a.rtt_window // KiB} KiB; the origin's SFTP leg direct."
+            if a.rtt
+            else ""
+        ),
         "",
         table(bench),
         "",
@@ -644,6 +684,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--disk-origin", action="store_true",
         help="also upload to an origin on its own disk store (no SFTP): the HTTP hop alone",
+    )  # fmt: skip
+    p.add_argument(
+        "--rtt", type=float, default=0,
+        help="ms: sftp -b and origin upload cross a link with this round trip (wan_link.py)",
+    )  # fmt: skip
+    p.add_argument(
+        "--rtt-window", type=parse_size, default=4 * MiB,
+        help="with --rtt: bytes in flight per connection and direction (a TCP window)",
     )  # fmt: skip
     p.add_argument("--cipher", default="aes128-gcm@openssh.com", help="sftp -o Ciphers=")
     p.add_argument("--origin", default=str(DEFAULT_ORIGIN), help="the origin executable")

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +20,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from blobstore import BlobBackend, Digest, StorageFull
 from origin import Config, create_app
 from origin.catalog import Catalog, upgrade
 
@@ -159,6 +160,38 @@ def limit_inodes(mount: Path, spare: int) -> None:
     vfs = os.statvfs(mount)
     used = vfs.f_files - vfs.f_ffree
     subprocess.run(["mount", "-o", f"remount,nr_inodes={used + spare}", str(mount)], check=True)
+
+
+async def chunks_of(data: bytes, size: int = 65536) -> AsyncIterator[bytes]:
+    for i in range(0, len(data), size):
+        yield data[i : i + size]
+
+
+def digest_of(data: bytes) -> Digest:
+    return Digest(blake3.blake3(data).hexdigest())
+
+
+async def refusals_until_it_fits(
+    backend: BlobBackend, mount: Path, data: bytes, temps_left: Callable[[], list[str]]
+) -> int:
+    """Put ``data`` into a ``backend`` on the ``tiny_fs`` at ``mount`` with room for one more
+    inode at each try, until it fits; how many tries were refused. Each refusal must be a
+    StorageFull that left no temp file and no blob: the store holds what it held before."""
+    before = [d async for d in backend.iter_digests()]
+    refused = 0
+    for spare in range(1, 20):
+        limit_inodes(mount, spare)
+        try:
+            result = await backend.put(chunks_of(data))
+        except StorageFull:
+            refused += 1
+            assert temps_left() == []
+            assert [d async for d in backend.iter_digests()] == before
+            assert await backend.stat(digest_of(data)) is None
+            continue
+        assert result.created
+        return refused
+    raise AssertionError("the upload never fitted")
 
 
 @pytest.fixture(scope="session")

@@ -9,30 +9,25 @@ import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import blake3
 import pytest
 
 from blobstore import (
     BlobBackend,
     BlobNotFound,
     BlobTooLarge,
-    Digest,
     DigestMismatch,
     DiskBackend,
     Expectation,
     StorageFull,
 )
 
-from .conftest import bytes_in_new_shards, limit_inodes
-
-
-async def chunks_of(data: bytes, size: int = 65536) -> AsyncIterator[bytes]:
-    for i in range(0, len(data), size):
-        yield data[i : i + size]
-
-
-def digest_of(data: bytes) -> Digest:
-    return Digest(blake3.blake3(data).hexdigest())
+from .conftest import (
+    bytes_in_new_shards,
+    chunks_of,
+    digest_of,
+    limit_inodes,
+    refusals_until_it_fits,
+)
 
 
 @pytest.fixture
@@ -180,19 +175,7 @@ async def test_a_commit_out_of_inodes_is_storage_full_and_leaves_nothing(
     first = os.urandom(1000)
     await disk.put(chunks_of(first))
     data = bytes_in_new_shards(first)
-    refused = 0
-    for spare in range(1, 20):
-        limit_inodes(tiny_fs, spare)
-        try:
-            result = await disk.put(chunks_of(data))
-        except StorageFull:
-            refused += 1
-            assert leftovers(disk) == []
-            assert [d async for d in disk.iter_digests()] == [digest_of(first)]
-            assert await disk.stat(digest_of(data)) is None
-            continue
-        assert result.created
-        break
+    refused = await refusals_until_it_fits(disk, tiny_fs, data, lambda: leftovers(disk))
     # One inode short for the temp, the metadata's temp, then each directory and the link.
     assert refused >= 4
     assert await disk.stat(digest_of(data)) is not None

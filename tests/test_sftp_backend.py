@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import asyncssh
-import blake3
 import psutil
 import pytest
 from asyncssh.constants import MSG_CHANNEL_DATA, MSG_IGNORE
@@ -45,21 +44,18 @@ from blobstore.sshtune import (
     skip_ignore_packets,
 )
 
-from .conftest import bytes_in_new_shards, limit_inodes
+from .conftest import (
+    bytes_in_new_shards,
+    chunks_of,
+    digest_of,
+    limit_inodes,
+    refusals_until_it_fits,
+)
 from .sshd_server import SshdServer, keygen
 
 CHUNK = 256 * 1024
 # An operation against a stopped server must fail at once, not after a timeout.
 PROMPT = 5.0
-
-
-async def chunks_of(data: bytes, size: int = 65536) -> AsyncIterator[bytes]:
-    for i in range(0, len(data), size):
-        yield data[i : i + size]
-
-
-def digest_of(data: bytes) -> Digest:
-    return Digest(blake3.blake3(data).hexdigest())
 
 
 @pytest.fixture(scope="module")
@@ -736,19 +732,9 @@ async def test_a_commit_out_of_inodes_is_storage_full_and_leaves_nothing(
         first = os.urandom(1000)
         await backend.put(chunks_of(first))
         data = bytes_in_new_shards(first)
-        refused = 0
-        for spare in range(1, 20):
-            limit_inodes(tiny_fs, spare)
-            try:
-                result = await backend.put(chunks_of(data))
-            except StorageFull:
-                refused += 1
-                assert files_under(tiny_fs, "tmp") == []
-                assert [d async for d in backend.iter_digests()] == [digest_of(first)]
-                assert await backend.stat(digest_of(data)) is None
-                continue
-            assert result.created
-            break
+        refused = await refusals_until_it_fits(
+            backend, tiny_fs, data, lambda: files_under(tiny_fs, "tmp")
+        )
         # One inode short for the two temps, then for each directory and the link.
         assert refused >= 4
         assert await read_all(backend, digest_of(data)) == data
