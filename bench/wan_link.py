@@ -54,8 +54,8 @@ class _Direction:
 
         async def take() -> None:
             while True:
-                data = await reader.read(CHUNK)
                 await self._wait(lambda: self._in_flight < self._window)
+                data = await reader.read(min(CHUNK, self._window - self._in_flight))
                 self._in_flight += len(data)
                 self._due.append((loop.time() + self._delay, data))
                 self._changed.set()
