@@ -57,6 +57,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 sys.path.insert(0, str(REPO))  # tests.sshd_server, the suite's private sshd
 
+from wan_link import spawned  # noqa: E402  (this directory is sys.path[0] when run)
+
 from tests.sshd_server import SshdServer  # noqa: E402
 
 KiB = 1 << 10
@@ -331,21 +333,8 @@ def link_to(port: int, args: argparse.Namespace, log_path: Path) -> Iterator[int
     if not args.rtt:
         yield port
         return
-    with open(log_path, "ab") as errors:
-        proc = subprocess.Popen(
-            [sys.executable, str(BENCH_DIR / "wan_link.py"), "--target", f"127.0.0.1:{port}",
-             "--delay-ms", str(args.rtt / 2), "--window", str(args.rtt_window)],
-            stdout=subprocess.PIPE, stderr=errors, text=True, start_new_session=True,
-        )  # fmt: skip
-    try:
-        assert proc.stdout is not None
-        m = re.search(r"listening on 127\.0\.0\.1:(\d+)", proc.stdout.readline())
-        if m is None:
-            raise RuntimeError(f"wan_link did not start; see {log_path}")
-        yield int(m.group(1))
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with open(log_path, "ab") as errors, spawned(port, args.rtt / 2, args.rtt_window, errors) as p:
+        yield p
 
 
 def check_copy(tree: Path, plan: list[TreeFile], remote: Path) -> None:

@@ -23,9 +23,13 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import re
 import signal
+import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO
 
 CHUNK = 256 * 1024
 
@@ -108,6 +112,27 @@ async def _serve(target_host: str, target_port: int, delay: float, window: int) 
         loop.add_signal_handler(sig, stop.set)
     async with server:
         await stop.wait()
+
+
+@contextlib.contextmanager
+def spawned(
+    target_port: int, delay_ms: float, window: int, stderr: IO[bytes] | None = None
+) -> Iterator[int]:
+    """This script as a child process in front of ``127.0.0.1:target_port``: its port."""
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve()), "--target", f"127.0.0.1:{target_port}",
+         "--delay-ms", str(delay_ms), "--window", str(window)],
+        stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        m = re.search(r"listening on 127\.0\.0\.1:(\d+)", proc.stdout.readline())
+        if m is None:
+            raise RuntimeError("wan_link did not start")
+        yield int(m.group(1))
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def main(argv: list[str] | None = None) -> int:

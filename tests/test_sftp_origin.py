@@ -198,8 +198,8 @@ def test_a_full_disk_cache_costs_the_cache_not_the_request(
         for _ in range(2):  # the second GET of each, after its fill has ended
             assert http(origin, "GET", f"/blobs/{b3(big)}") == (200, big)
             assert http(origin, "GET", f"/blobs/{b3(small)}") == (200, small)
-        cached = {p.name for p in (tiny_fs / "blobs").rglob("*") if p.is_file()}
         wait_for(lambda: not any((tiny_fs / "tmp").iterdir()), "a partial copy stayed")
+        cached = {p.name for p in (tiny_fs / "blobs").rglob("*") if p.is_file()}
         assert b3(big) not in cached
         wait_for(
             lambda: (tiny_fs / "blobs" / b3(small)[:2] / b3(small)[2:4] / b3(small)).exists(),
