@@ -9,7 +9,7 @@ from uuid import UUID
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from recommender import Event, InteractionConfig, build_interactions
@@ -44,7 +44,10 @@ def _expected(
     for e in event_list:
         if e.kind not in config.kind_weights:
             continue
-        weight = config.kind_weights[e.kind] * (1.0 if e.weight is None else e.weight)
+        # The per-event multiplier is kept as float32 (EventColumns.weight), so a multiplier
+        # below float32's smallest value counts as zero, however large its kind's weight.
+        multiplier = 1.0 if e.weight is None else float(np.float32(e.weight))
+        weight = config.kind_weights[e.kind] * multiplier
         if config.half_life_seconds is not None:
             age = max(reference - e.at.timestamp(), 0.0)
             weight *= 0.5 ** (age / config.half_life_seconds)
@@ -54,6 +57,9 @@ def _expected(
 
 @settings(max_examples=200, deadline=None)
 @given(events, st.sampled_from([None, 86_400.0, 7 * 86_400.0]))
+# Found by hypothesis: a multiplier that float32 rounds to zero, under a kind weight that
+# would have lifted it above float32's smallest value in float64.
+@example([Event("u0", "a", "use", 5.454600192558618e-46, BASE)], None)
 def test_builder_is_consistent(event_list: list[Event], half_life: float | None) -> None:
     config = InteractionConfig(KIND_WEIGHTS, half_life_seconds=half_life)
     built = build_interactions(event_list, config)
