@@ -15,6 +15,7 @@ import urllib.request
 from collections.abc import AsyncGenerator
 from pathlib import Path
 
+import aiohttp
 import blake3
 import pytest
 
@@ -220,6 +221,84 @@ async def test_uploads_start_before_the_last_file_is_hashed(
     summary = await upload_hashed(items, source(), options)
     assert (summary.uploaded, summary.failed) == (2, 0)
     assert {i.digest for i in items} <= stored(live_origin)
+
+
+def _hashed_now(*paths: Path) -> list[Item]:
+    """Items as the hashing stage leaves them: digest, size and mtime of the file as it is."""
+    items = []
+    for path in paths:
+        stat = path.stat()
+        items.append(Item(path, path.name, stat.st_size, stat.st_mtime_ns, b3(path.read_bytes())))
+    return items
+
+
+async def _yielding(items: list[Item]) -> AsyncGenerator[Item, None]:
+    for item in items:
+        yield item
+
+
+async def test_a_large_file_goes_up_whole_from_the_kernel_with_its_type(
+    live_origin: LiveOrigin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(uploader.FileBody, "PIECE", 1 << 20)  # several pieces, one short
+    data = os.urandom((5 << 20) + 12345)
+    (tmp_path / "texture.png").write_bytes(data)
+    [item] = _hashed_now(tmp_path / "texture.png")
+    options = Options(url=live_origin.url, token=live_origin.token, progress=False)
+    progress = Progress(to_check=1, live=False)
+    async with aiohttp.ClientSession() as session:
+        await uploader.Client(session, options).put(item, progress)
+        async with session.get(f"{live_origin.url}/blobs/{item.digest}") as resp:
+            assert resp.status == 200
+            assert resp.headers["Content-Type"] == "image/png"
+            assert await resp.read() == data
+    assert progress.done_bytes == len(data)
+
+
+async def test_files_changed_since_they_were_hashed_fail_and_nothing_of_them_lands(
+    live_origin: LiveOrigin, tmp_path: Path
+) -> None:
+    """Rewritten after hashing (a small file, a large one) or cut short: each is reported and
+    none is stored under the digest it had; the file that stayed the same goes up."""
+    paths = {name: tmp_path / name for name in ("small.glb", "large.glb", "same.glb")}
+    paths["small.glb"].write_bytes(os.urandom(1000))
+    paths["large.glb"].write_bytes(os.urandom(3 << 20))
+    paths["same.glb"].write_bytes(os.urandom(2 << 20))
+    items = _hashed_now(*paths.values())
+    paths["small.glb"].write_bytes(os.urandom(1001))
+    with paths["large.glb"].open("r+b") as f:
+        f.truncate(1 << 20)
+    options = Options(url=live_origin.url, token=live_origin.token, progress=False)
+    summary = await upload_hashed(items, _yielding(items), options)
+    assert (summary.uploaded, summary.failed) == (1, 2)
+    for item in items[:2]:
+        assert item.error is not None
+        assert "changed since it was hashed" in item.error
+    assert stored(live_origin) == {items[2].digest}
+
+
+async def test_a_file_cut_short_while_it_is_sent_fails_and_nothing_of_it_lands(
+    live_origin: LiveOrigin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The origin sees a body shorter than announced and keeps nothing; the retry finds the
+    file changed and reports it instead of sending it again."""
+    monkeypatch.setattr(uploader.FileBody, "PIECE", 1 << 20)
+    path = tmp_path / "shrinks.glb"
+    path.write_bytes(os.urandom(4 << 20))
+    [item] = _hashed_now(path)
+
+    class CutAfterTheFirstPiece(Progress):
+        def advance(self, nbytes: int, finished_file: bool = False) -> None:
+            super().advance(nbytes, finished_file)
+            if self.done_bytes > 0:
+                os.truncate(path, 2 << 20)
+
+    options = Options(url=live_origin.url, token=live_origin.token, progress=False)
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(RuntimeError, match="changed since it was hashed"):
+            await uploader.Client(session, options).put(item, CutAfterTheFirstPiece(1, False))
+    assert stored(live_origin) == set()
+    assert not list((live_origin.data_dir / "tmp").glob("*"))
 
 
 async def test_a_run_stopped_while_hashing_keeps_the_digests_it_had(
