@@ -15,6 +15,8 @@ from .appkeys import CATALOG, STORE, TIERS
 from .auth import require
 from .blob_routes import blob_facts
 from .catalog import Asset, AssetChanges, AssetNotFound, UnknownBlob, VersionConflict
+from .expect import expecting
+from .json_body import MAX_JSON_BODY, read_json
 from .jsonld import LD_JSON, asset_document, asset_json
 from .problems import Problem
 from .recommend_routes import note_content_download
@@ -35,10 +37,7 @@ def _asset_id(request: web.Request) -> uuid.UUID:
 async def _json_object(request: web.Request) -> dict[str, Any]:
     if request.content_type not in _JSON_TYPES:
         raise problems.bad_request("bad-json", "send the body as application/json")
-    try:
-        doc = await request.json()
-    except ValueError as exc:
-        raise problems.bad_request("bad-json", f"the body is not JSON: {exc}") from None
+    doc = await read_json(request, MAX_JSON_BODY)
     if not isinstance(doc, dict):
         raise problems.bad_request("bad-json", "the body must be a JSON object")
     return doc
@@ -233,9 +232,9 @@ async def asset_content(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     router = app.router
-    router.add_post("/assets", create_asset)
+    router.add_post("/assets", create_asset, expect_handler=expecting())
     router.add_get("/assets", list_assets)
     router.add_get("/assets/{asset_id}", get_asset)
-    router.add_patch("/assets/{asset_id}", patch_asset)
+    router.add_patch("/assets/{asset_id}", patch_asset, expect_handler=expecting())
     router.add_get("/assets/{asset_id}/versions", asset_versions)
     router.add_get("/assets/{asset_id}/content", asset_content)

@@ -38,7 +38,9 @@ from .appkeys import CATALOG, CONFIG, STORE, TIERS
 from .auth import require
 from .digest_fields import DigestFieldError, format_sha256, parse_sha256
 from .etags import if_range_allows, none_match
+from .expect import expecting
 from .gltf import read_facts
+from .json_body import MAX_JSON_BODY, read_json
 from .problems import Problem
 from .ranges import ByteRange, RangeNotSatisfiable, parse_range
 from .recommend_routes import note_blob_download
@@ -238,14 +240,11 @@ async def sha256_alias(request: web.Request) -> web.Response:
 
 
 async def missing(request: web.Request) -> web.Response:
-    try:
-        doc: Any = await request.json()
-    except ValueError as exc:
-        raise problems.bad_request("bad-json", f"the body is not JSON: {exc}") from None
+    limit = request.app[CONFIG].max_missing_batch
+    doc = await read_json(request, max(MAX_JSON_BODY, limit * 80))
     if not isinstance(doc, dict) or not isinstance(doc.get("digests"), list):
         raise problems.bad_request("bad-json", 'expected {"digests": ["<blake3 hex>", ...]}')
     texts: list[Any] = doc["digests"]
-    limit = request.app[CONFIG].max_missing_batch
     if len(texts) > limit:
         raise problems.bad_request("batch-too-large", f"at most {limit} digests per request")
     invalid = [t for t in texts if not isinstance(t, str) or not is_sha256_hex(t)]
@@ -454,31 +453,14 @@ async def post_blob(request: web.Request) -> web.Response:
     return _stored(await _store_body(request, _expectation(request, None)))
 
 
-async def expect_upload(request: web.Request) -> web.StreamResponse | None:
-    """``Expect: 100-continue``: answer now what can be answered without the body.
-
-    Auth, size and (for PUT) presence are known from the headers, so a client that asked first
-    does not send gigabytes to hear 401, 413 or "already stored".
-    """
-    try:
-        if request.headers.get("Expect", "").lower() != "100-continue":
-            raise Problem(417, "expectation-failed", "Expectation failed", "only 100-continue")
-        digest = _digest_param(request) if "digest" in request.match_info else None
-        await require(request, "write")
-        _expectation(request, digest)
-        info = None if digest is None else await request.app[STORE].stat(digest)
-    except Problem as problem:
-        response = problem.response()
-        response.force_close()
-        return response
-    if info is not None:
-        response = _stored(PutResult(info, created=False))
-        response.force_close()
-        return response
-    if request.version >= (1, 1):
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        request.writer.output_size = 0
-    return None
+async def _answer_upload_early(request: web.Request) -> web.StreamResponse | None:
+    """Auth, size and (for PUT) presence are known from the headers, so a client that asked
+    first does not send gigabytes to hear 401, 413 or "already stored"."""
+    digest = _digest_param(request) if "digest" in request.match_info else None
+    await require(request, "write")
+    _expectation(request, digest)
+    info = None if digest is None else await request.app[STORE].stat(digest)
+    return None if info is None else _stored(PutResult(info, created=False))
 
 
 def add_routes(app: web.Application) -> None:
@@ -486,6 +468,7 @@ def add_routes(app: web.Application) -> None:
     router = app.router
     router.add_get("/blobs/sha256/{sha256:[^/]+}", sha256_alias)
     router.add_get("/blobs/{digest:[^/]+}", get_blob)
-    router.add_put("/blobs/{digest:[^/]+}", put_blob, expect_handler=expect_upload)
-    router.add_post("/blobs/missing", missing)
-    router.add_post("/blobs", post_blob, expect_handler=expect_upload)
+    upload = expecting(_answer_upload_early)
+    router.add_put("/blobs/{digest:[^/]+}", put_blob, expect_handler=upload)
+    router.add_post("/blobs/missing", missing, expect_handler=expecting())
+    router.add_post("/blobs", post_blob, expect_handler=upload)

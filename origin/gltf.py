@@ -39,13 +39,14 @@ would mislead), or when the arithmetic leaves the finite range.
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import re
 import struct
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, NoReturn
+
+from . import json_body
 
 __all__ = ["SNIFF_BYTES", "GltfFacts", "read_facts", "sniff"]
 
@@ -284,19 +285,12 @@ async def _gltf_json(read: Reader, size: int, head: bytes, max_json: int) -> byt
     return head + await _read_exact(read, len(head), size, b"")
 
 
-def _reject_constant(name: str) -> NoReturn:
-    # Python's json accepts NaN and Infinity; JSON (and so glTF) does not.
-    raise ValueError(f"{name} is not valid JSON")
-
-
 def _facts(raw: bytes, container: str, bin_length: int | None) -> GltfFacts:
     try:
-        root = json.loads(raw.decode("utf-8-sig"), parse_constant=_reject_constant)
+        root = json_body.loads(raw.decode("utf-8-sig"))
     except UnicodeDecodeError as e:
         return GltfFacts(container, valid=False, error=f"glTF JSON is not UTF-8: {e}")
-    except RecursionError:
-        return GltfFacts(container, valid=False, error="glTF JSON is nested too deeply")
-    except ValueError as e:  # JSONDecodeError, and ints too long to convert
+    except json_body.NotJson as e:
         return GltfFacts(container, valid=False, error=f"glTF JSON does not parse: {e}")
     analysis = _Analysis(container, bin_length)
     try:

@@ -7,12 +7,18 @@ Handlers raise ``Problem``; the middleware in ``origin.app`` turns it into the r
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 
+from blobstore import BackendUnavailable
+
+from .catalog import CatalogBusy
+
 PROBLEM_JSON = "application/problem+json"
+log = logging.getLogger(__name__)
 
 
 class Problem(Exception):
@@ -102,3 +108,21 @@ def from_http_exception(exc: web.HTTPException) -> Problem:
         exc.text or exc.reason,
         headers={k: v for k, v in exc.headers.items() if k.lower() in ("allow",)},
     )
+
+
+def for_exception(exc: Exception, request: web.BaseRequest) -> Problem:
+    """What a request is answered when its handling raised ``exc``: our own problems as they
+    are, a store or catalog that cannot serve now as 503, anything else as a logged 500."""
+    if isinstance(exc, Problem):
+        return exc
+    if isinstance(exc, web.HTTPException):
+        return from_http_exception(exc)
+    if isinstance(exc, CatalogBusy):
+        return Problem(503, "busy", "Try again", str(exc), headers={"Retry-After": "1"})
+    if isinstance(exc, BackendUnavailable):
+        return Problem(
+            503, "store-unavailable", "Storage unavailable", f"nothing was stored: {exc}",
+            headers={"Retry-After": "5"},
+        )  # fmt: skip
+    log.error("unhandled error in %s %s", request.method, request.path, exc_info=exc)
+    return Problem(500, "internal", "Internal server error", "the server log has details")

@@ -5,7 +5,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-_SPEC = re.compile(r"(\d*)-(\d*)")
+_SPEC = re.compile(r"([0-9]*)-([0-9]*)")  # ASCII digits: \d also takes other scripts' digits
+# Positions past any representation; a longer number means the same, and Python will not
+# convert one of 4,300 digits.
+_BEYOND = 1 << 63
+
+
+def _position(digits: str) -> int:
+    significant = digits.lstrip("0")
+    return int(significant or "0") if len(significant) < 19 else _BEYOND
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,15 +61,15 @@ def parse_range(header: str, size: int) -> ByteRange | None:
             raise RangeNotSatisfiable(size, f"malformed byte range {spec!r}")
         first, last = m.group(1), m.group(2)
         if first:
-            start = int(first)
-            if last and int(last) < start:
+            start = _position(first)
+            if last and _position(last) < start:
                 raise RangeNotSatisfiable(size, f"byte range {spec!r} ends before it starts")
             if start >= size:
                 continue
-            stop = min(int(last) + 1, size) if last else size
+            stop = min(_position(last) + 1, size) if last else size
             satisfiable.append(ByteRange(start, stop, size))
         else:
-            suffix = int(last)
+            suffix = _position(last)
             if suffix == 0 or size == 0:
                 continue
             satisfiable.append(ByteRange(max(0, size - suffix), size, size))

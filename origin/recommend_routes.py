@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import os
 import time
 import uuid
@@ -27,6 +26,8 @@ from .auth import authenticate, require
 from .catalog import EventRecord, RecommenderCatalog
 from .downloads import Downloads
 from .events import EventBuffer
+from .expect import expecting
+from .json_body import read_json
 from .problems import Problem
 from .recommendations import MAX_LIMIT, RecommenderService
 from .trainer import Trainer, TrainerBusy
@@ -62,17 +63,6 @@ def note_blob_download(request: web.Request, authorization: str, digest: str) ->
 # -- POST /events -------------------------------------------------------------------------
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
-    if request.content_length is not None and request.content_length > limit:
-        raise problems.too_large(limit)
-    body = bytearray()
-    async for chunk in request.content.iter_any():
-        body += chunk
-        if len(body) > limit:
-            raise problems.too_large(limit)
-    return bytes(body)
-
-
 def _check_item(
     index: int, item: Any, kinds: dict[str, float], now: datetime
 ) -> tuple[list[dict[str, Any]], tuple[str, uuid.UUID, str, float, datetime] | None]:
@@ -104,14 +94,10 @@ def _check_item(
         or not 0 < weight <= _MAX_WEIGHT  # false for NaN; no float() of a huge int
     ):
         error("weight", f"must be a number in (0, {_MAX_WEIGHT:g}]")
-    at = now
+    at: datetime | None = now
     if "at" in item:
-        raw = item["at"]
-        try:
-            at = datetime.fromisoformat(raw) if isinstance(raw, str) else None  # type: ignore[assignment]
-        except ValueError:
-            at = None  # type: ignore[assignment]
-        if at is None or at.tzinfo is None:
+        at = _utc(item["at"])
+        if at is None:
             error("at", "must be an RFC 3339 time with a UTC offset, e.g. 2025-01-01T12:00:00Z")
         elif at > now + _FUTURE_SKEW:
             error("at", "lies in the future")
@@ -120,7 +106,20 @@ def _check_item(
     assert isinstance(user, str)
     assert isinstance(kind, str)
     assert asset is not None
-    return errors, (user, asset, kind, float(weight), at.astimezone(UTC))
+    assert at is not None
+    return errors, (user, asset, kind, float(weight), at)
+
+
+def _utc(raw: object) -> datetime | None:
+    """An ISO 8601 time with an offset, in UTC; None for anything else, and for a time whose
+    UTC falls outside the years 1 to 9999 (0001-01-01T00:30+01:00)."""
+    if not isinstance(raw, str):
+        return None
+    try:
+        at = datetime.fromisoformat(raw)
+        return at.astimezone(UTC) if at.tzinfo is not None else None
+    except (ValueError, OverflowError):
+        return None
 
 
 _Checked = tuple[str, uuid.UUID, str, float, datetime]
@@ -152,20 +151,12 @@ def _check_fast(
         weight = float(weight)
     if type(weight) is not float or not 0 < weight <= _MAX_WEIGHT:  # NaN fails too
         return None
-    raw_at = item.get("at")
-    if raw_at is None:
-        if "at" in item:
-            return None
+    if "at" not in item:
         return user, asset, kind, weight, now
-    if type(raw_at) is not str:
+    at = _utc(item["at"])
+    if at is None or at > now + _FUTURE_SKEW:
         return None
-    try:
-        at = datetime.fromisoformat(raw_at)
-    except ValueError:
-        return None
-    if at.tzinfo is None or at > now + _FUTURE_SKEW:
-        return None
-    return user, asset, kind, weight, at.astimezone(UTC)
+    return user, asset, kind, weight, at
 
 
 def _event_ids(count: int, *, time_ordered: bool) -> list[uuid.UUID]:
@@ -192,11 +183,7 @@ async def post_events(request: web.Request) -> web.Response:
     token = await require(request, "write")
     config = request.app[CONFIG]
     limit = config.recommender_max_batch
-    body = await _read_body(request, max(1 << 20, limit * _BYTES_PER_EVENT))
-    try:
-        doc = json.loads(body)
-    except ValueError as exc:
-        raise problems.bad_request("bad-json", f"the body is not JSON: {exc}") from None
+    doc = await read_json(request, max(1 << 20, limit * _BYTES_PER_EVENT))
     if not isinstance(doc, dict) or not isinstance(doc.get("events"), list):
         raise problems.bad_request("bad-json", 'expected {"events": [{"user": ..., ...}, ...]}')
     items: list[Any] = doc["events"]
@@ -388,8 +375,8 @@ def setup(app: web.Application) -> None:
     app.on_startup.append(start)
     app.cleanup_ctx.append(lifetime)
     router = app.router
-    router.add_post("/events", post_events)
+    router.add_post("/events", post_events, expect_handler=expecting())
     router.add_get("/users/{user}/recommendations", recommendations)
     router.add_get("/assets/{asset_id}/similar", similar)
     router.add_get("/admin/recommender", admin_status)
-    router.add_post("/admin/recommender/train", admin_train)
+    router.add_post("/admin/recommender/train", admin_train, expect_handler=expecting())

@@ -38,7 +38,8 @@ class Token:
 
 
 def verifier(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
+    # aiohttp decodes header bytes that are not UTF-8 as surrogates: such a secret is unknown.
+    return hashlib.sha256(secret.encode(errors="surrogateescape")).hexdigest()
 
 
 class Tokens:

@@ -610,6 +610,7 @@ async def test_short_reads_are_truncation(tmp_path: Path) -> None:
         (b'{"asset": {"version": "2.0"}, "x": NaN}', "NaN is not valid JSON"),
         (b'{"asset": {"version": "2.0"}, "x": Infinity}', "Infinity is not valid JSON"),
         (b'{"asset": {"version": "2.0", "generator": "\xff"}}', "not UTF-8"),
+        (b'{"asset": {"version": "2.0", "generator": "\\udc00"}}', "surrogate"),
         (
             b'{"asset": {"version": "2.0"}, "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
             "nested too deeply",

@@ -105,10 +105,12 @@ def model_range(first: int | None, last: int | None, size: int) -> tuple[int, in
     return first, size if last is None else min(last + 1, size)
 
 
+# Positions around the sizes, and some far past any file (a client may ask "0-" with a huge end).
+positions = st.one_of(st.integers(0, 3000), st.integers(10**17, 10**40))
 range_specs = st.one_of(
-    st.tuples(st.integers(0, 3000), st.none()),
-    st.tuples(st.none(), st.integers(0, 3000)),
-    st.tuples(st.integers(0, 3000), st.integers(0, 3000)).filter(lambda t: t[1] >= t[0]),
+    st.tuples(positions, st.none()),
+    st.tuples(st.none(), positions),
+    st.tuples(positions, positions).filter(lambda t: t[1] >= t[0]),
 )
 
 
@@ -147,7 +149,33 @@ def test_several_ranges_are_whole_or_416(
         assert parse_range(header, size) is None
 
 
-@given(st.text(alphabet=string.printable, max_size=30), st.integers(0, 100))
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("bytes=0-" + "9" * 5000, (0, 100)),  # more digits than Python converts
+        ("bytes=-" + "9" * 5000, (0, 100)),
+        ("bytes=" + "0" * 5000 + "5-", (5, 100)),
+        ("bytes=" + "0" * 5000 + "5-" + "0" * 4999 + "7", (5, 8)),
+        ("bytes=" + "9" * 5000 + "-", None),
+    ],
+)
+def test_numbers_of_any_length(header: str, expected: tuple[int, int] | None) -> None:
+    if expected is None:
+        with pytest.raises(RangeNotSatisfiable):
+            parse_range(header, 100)
+    else:
+        got = parse_range(header, 100)
+        assert got is not None
+        assert (got.start, got.stop) == expected
+
+
+@pytest.mark.parametrize("header", ["bytes=\u0663-\u0664", "bytes=\uff15-", "bytes=-\u00b2"])
+def test_digits_of_other_scripts_are_malformed(header: str) -> None:
+    with pytest.raises(RangeNotSatisfiable, match="malformed"):
+        parse_range(header, 100)
+
+
+@given(st.text(alphabet=string.printable + "\u0663\uff15\u00b2", max_size=30), st.integers(0, 100))
 def test_garbage_range_never_crashes(tail: str, size: int) -> None:
     try:
         result = parse_range("bytes=" + tail, size)

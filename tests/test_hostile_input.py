@@ -1,0 +1,170 @@
+"""Input that parses but breaks something later: each is a clear 4xx and changes nothing.
+
+Found by probing a running origin: lone surrogates and NaN in JSON, nesting past the parser's
+recursion, Range numbers of thousands of digits, a bearer token that is not UTF-8, and the
+expect handlers that run outside the middleware.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from typing import Any
+
+import blake3
+import pytest
+from aiohttp import ClientResponse
+
+from origin.recommend_routes import BUFFER
+
+from .conftest import AUTH, Client
+
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+async def problem(resp: ClientResponse, status: int, slug: str) -> dict[str, Any]:
+    body: dict[str, Any] = json.loads(await resp.text())
+    assert resp.status == status, body
+    assert resp.content_type == "application/problem+json"
+    assert body["type"] == f"/problems/{slug}"
+    return body
+
+
+async def new_blob(client: Client) -> str:
+    resp = await client.post("/blobs", data=os.urandom(64), headers=AUTH)
+    assert resp.status == 201
+    return str((await resp.json())["digest"])
+
+
+async def new_asset(client: Client) -> str:
+    doc = {"name": "Chair", "kind": "prop", "blob": await new_blob(client)}
+    resp = await client.post("/assets", json=doc, headers=AUTH)
+    assert resp.status == 201
+    return str((await resp.json(content_type=None))["identifier"])
+
+
+def obj(**members: str) -> str:
+    """A JSON object of members given as JSON text, so NaN and lone surrogates go as written."""
+    return "{" + ", ".join(f'"{key}": {value}' for key, value in members.items()) + "}"
+
+
+async def post_text(client: Client, path: str, text: str, method: str = "POST") -> ClientResponse:
+    headers = {**AUTH, "Content-Type": "application/json"}
+    return await client.request(method, path, data=text.encode(), headers=headers)
+
+
+async def raw_exchange(client: Client, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """One request as bytes (aiohttp's client will not send header bytes that are not UTF-8)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        head = await reader.readuntil(b"\r\n\r\n")
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        headers = {k.lower(): v.strip() for k, _, v in (x.partition(":") for x in lines if x)}
+        body = await reader.readexactly(int(headers.get("content-length", "0")))
+        return int(status_line.split()[1]), headers, body
+    finally:
+        writer.close()
+
+
+async def test_a_lone_surrogate_in_an_event_is_refused_and_later_events_are_written(
+    client: Client,
+) -> None:
+    asset = await new_asset(client)
+    bad = obj(events="[" + obj(user='"x\\ud800"', asset=f'"{asset}"', kind='"download"') + "]")
+    doc = await problem(await post_text(client, "/events", bad), 400, "bad-json")
+    assert "surrogate" in doc["detail"]
+    buffer = client.app[BUFFER]
+    assert not buffer.pending_for("x\ud800")
+    # Before, the refused event was accepted, failed every write of its batch and held up
+    # every event after it.
+    resp = await client.post(
+        "/events", json={"events": [{"user": "ann", "asset": asset, "kind": "download"}]},
+        headers=AUTH,
+    )  # fmt: skip
+    assert resp.status == 202
+    await asyncio.wait_for(buffer.flush(), 10)
+    assert buffer.written == 1
+
+
+@pytest.mark.parametrize(
+    "attributes", ['{"x": NaN}', '{"x": -Infinity}', '{"x": Infinity}', '{"x": "\\udfff"}']
+)
+async def test_assets_take_only_json_that_can_be_sent_back(client: Client, attributes: str) -> None:
+    blob = await new_blob(client)
+    text = obj(name='"Chair"', kind='"prop"', blob=f'"{blob}"', attributes=attributes)
+    await problem(await post_text(client, "/assets", text), 400, "bad-json")
+    asset = await new_asset(client)
+    await problem(
+        await post_text(client, f"/assets/{asset}", obj(attributes=attributes), "PATCH"),
+        400, "bad-json",
+    )  # fmt: skip
+    listing = await client.get("/assets")
+    assert [a["id"] for a in json.loads(await listing.text())["items"]] == [asset]
+
+
+async def test_a_lone_surrogate_in_a_name_is_a_400(client: Client) -> None:
+    text = obj(name='"a\\ud800"', kind='"prop"', blob=f'"{await new_blob(client)}"')
+    await problem(await post_text(client, "/assets", text), 400, "bad-json")
+
+
+@pytest.mark.parametrize("path", ["/blobs/missing", "/assets", "/events"])
+async def test_json_nested_past_the_parser_is_a_400(client: Client, path: str) -> None:
+    doc = await problem(await post_text(client, path, DEEP), 400, "bad-json")
+    assert "nested too deeply" in doc["detail"]
+
+
+async def test_an_oversized_json_body_is_a_413_with_the_limit(client: Client) -> None:
+    text = json.dumps({"name": "x" * (2 << 20), "kind": "prop", "blob": "0" * 64})
+    doc = await problem(await post_text(client, "/assets", text), 413, "too-large")
+    assert doc["limit"] == 1 << 20
+
+
+async def test_an_event_time_whose_utc_is_before_year_one_is_an_item_error(client: Client) -> None:
+    asset = await new_asset(client)
+    event = {"user": "ann", "asset": asset, "kind": "download", "at": "0001-01-01T00:30:00+01:00"}
+    resp = await client.post("/events", json={"events": [event]}, headers=AUTH)
+    doc = await problem(resp, 422, "invalid-events")
+    assert [(e["index"], e["field"]) for e in doc["errors"]] == [(0, "at")]
+
+
+async def test_range_numbers_longer_than_python_converts(client: Client) -> None:
+    data = os.urandom(1000)
+    resp = await client.post("/blobs", data=data, headers=AUTH)
+    digest = (await resp.json())["digest"]
+    resp = await client.get(f"/blobs/{digest}", headers={"Range": "bytes=10-" + "9" * 5000})
+    assert resp.status == 206
+    assert await resp.read() == data[10:]
+    resp = await client.get(f"/blobs/{digest}", headers={"Range": "bytes=\u0663-\u0664"})
+    assert resp.status == 416
+
+
+@pytest.mark.parametrize("expect", [False, True])
+async def test_a_bearer_token_that_is_not_utf8_is_a_401(client: Client, expect: bool) -> None:
+    data = b"x" * 100
+    head = (
+        f"PUT /blobs/{blake3.blake3(data).hexdigest()} HTTP/1.1\r\nHost: origin\r\n"
+        f"Content-Length: {len(data)}\r\n".encode()
+        + (b"Expect: 100-continue\r\n" if expect else b"")
+        + b"Authorization: Bearer \xff\xfe\r\nConnection: close\r\n\r\n"
+    )
+    status, headers, body = await raw_exchange(client, head if expect else head + data)
+    assert status == 401
+    assert headers["content-type"].startswith("application/problem+json")
+    assert json.loads(body)["type"] == "/problems/unauthorized"
+
+
+@pytest.mark.parametrize("path", ["/events", "/assets", "/blobs/missing", "/blobs"])
+async def test_an_unknown_expectation_is_a_417_problem(client: Client, path: str) -> None:
+    resp = await client.post(path, data=b"{}", headers={**AUTH, "Expect": "bogus"})
+    await problem(resp, 417, "expectation-failed")
+
+
+async def test_json_routes_send_100_continue(client: Client) -> None:
+    resp = await client.post(
+        "/blobs/missing", json={"digests": ["0" * 64]}, headers={**AUTH, "Expect": "100-continue"}
+    )
+    assert resp.status == 200
+    assert (await resp.json())["missing"] == ["0" * 64]
