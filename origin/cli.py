@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import uvloop
 
 from .tokens import SCOPES
-from .uploader import Options, OriginUnusable, UsageError, collect, read_batch, upload
+from .uploader import KIND, Options, OriginUnusable, UsageError, collect, read_batch, upload
 
 T = TypeVar("T")
 
@@ -115,9 +115,13 @@ def _upload_command(args: argparse.Namespace) -> int:
         progress=args.progress,
     )
     try:
+        if args.kind is not None and not KIND.fullmatch(args.kind):
+            raise UsageError(f"--kind {args.kind!r}: a kind is {KIND.pattern}")
+        if args.manifest is not None and not os.access(args.manifest.parent, os.W_OK):
+            raise UsageError(f"--manifest {args.manifest}: cannot write in {args.manifest.parent}")
         items = collect(args.paths, options)
         if args.batch is not None:
-            items += read_batch(args.batch.read_text().splitlines(), str(args.batch))
+            items += read_batch(_text_of(args.batch).splitlines(), str(args.batch))
     except (UsageError, OSError) as exc:
         print(f"origin upload: {exc}", file=sys.stderr)
         return 2
@@ -141,6 +145,12 @@ def _upload_command(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 128 + stop.signum
+    if summary.dry_run:
+        print(
+            f"{summary.files} files: {summary.uploaded} would be uploaded ({summary.bytes_sent} "
+            f"bytes), {summary.skipped} already there, {summary.failed} failed"
+        )
+        return 1 if summary.failed else 0
     rate = summary.bytes_sent / max(summary.seconds, 1e-6) / 2**20
     print(
         f"{summary.files} files: {summary.uploaded} uploaded ({summary.bytes_sent} bytes, "
@@ -148,6 +158,13 @@ def _upload_command(args: argparse.Namespace) -> int:
         f"{summary.seconds:.1f}s"
     )
     return 1 if summary.failed else 0
+
+
+def _text_of(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path}: not UTF-8 text ({exc.reason})") from None
 
 
 class Interrupted(Exception):

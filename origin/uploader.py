@@ -19,9 +19,12 @@ import functools
 import json
 import mimetypes
 import os
+import re
+import shlex
 import signal
 import sys
 import time
+import urllib.parse
 from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -77,6 +80,7 @@ class Item:
     digest: str | None = None
     error: str | None = None
     uploaded: bool = False
+    present: bool = False  # the origin had it already
     asset_id: str | None = None
 
 
@@ -100,22 +104,48 @@ class Options:
 # -- what to send -----------------------------------------------------------------------------
 
 
+def _patterns(lines: Iterable[str], source: str) -> pathspec.PathSpec[pathspec.Pattern]:
+    try:
+        return pathspec.PathSpec.from_lines("gitwildmatch", lines)
+    except ValueError as exc:  # GitWildMatchPatternError
+        raise UsageError(f"{source}: {exc}") from None
+
+
+def _ignore_patterns(path: Path) -> pathspec.PathSpec[pathspec.Pattern]:
+    try:
+        return _patterns(path.read_text(encoding="utf-8").splitlines(), str(path))
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path}: not UTF-8 text ({exc.reason})") from None
+
+
 def collect(paths: Sequence[str], options: Options) -> list[Item]:
-    """Files under the given paths, minus excludes and what ignore files name."""
+    """Files under the given paths, minus excludes and what ignore files name. A directory that
+    cannot be listed, and a link to a directory (not followed, as rsync does not), come back as
+    items with their error, so the run reports them."""
     items: list[Item] = []
-    excludes = pathspec.PathSpec.from_lines("gitwildmatch", options.excludes)
+    excludes = _patterns(options.excludes, "--exclude")
     for raw in paths:
         root = Path(raw)
         if root.is_dir():
             spec = excludes
             ignore = root / options.ignore_file
             if ignore.is_file():
-                spec = spec + pathspec.PathSpec.from_lines(
-                    "gitwildmatch", ignore.read_text().splitlines()
-                )
-            for dirpath, dirnames, filenames in os.walk(root):
+                spec = spec + _ignore_patterns(ignore)
+
+            def unlisted(exc: OSError, root: Path = root) -> None:
+                path = Path(exc.filename)
+                name = path.relative_to(root).as_posix() if path != root else path.name
+                items.append(Item(path, name, error=f"cannot list: {exc.strerror}"))
+
+            for dirpath, dirnames, filenames in os.walk(root, onerror=unlisted):
                 rel_dir = Path(dirpath).relative_to(root)
-                dirnames[:] = sorted(d for d in dirnames if not spec.match_file(f"{rel_dir / d}/"))
+                kept = [d for d in sorted(dirnames) if not spec.match_file(f"{rel_dir / d}/")]
+                dirnames[:] = [d for d in kept if not (Path(dirpath) / d).is_symlink()]
+                for link in sorted(set(kept) - set(dirnames)):
+                    error = "a link to a directory, not followed"
+                    items.append(
+                        Item(Path(dirpath) / link, (rel_dir / link).as_posix(), error=error)
+                    )
                 for filename in sorted(filenames):
                     rel = (rel_dir / filename).as_posix()
                     if filename != options.ignore_file and not spec.match_file(rel):
@@ -128,19 +158,32 @@ def collect(paths: Sequence[str], options: Options) -> list[Item]:
     return items
 
 
+# sftp's put flags: -f (fsync) and -a (resume) are what every upload does here anyway, and -p
+# and -P (keep times and modes) have nothing to keep on a content-addressed store.
+_PUT_FLAGS = frozenset({"-f", "-a", "-p", "-P"})
+
+
 def read_batch(lines: Iterable[str], source: str) -> list[Item]:
-    """``put LOCAL [NAME]`` lines, as ``sftp -b`` reads them; # comments and blanks skipped."""
+    """``put [-f] LOCAL [NAME]`` lines, as ``sftp -b`` reads them: words quoted or escaped as
+    in a shell, # comments and blank lines skipped, a NAME ending in / taking LOCAL's file
+    name, ``mkdir`` lines (``-mkdir`` too) skipped, since a name carries its folders."""
     items = []
     for number, line in enumerate(lines, 1):
-        words = line.split()
-        if not words or words[0].startswith("#"):
+        where = f"{source}:{number}"
+        try:
+            words = shlex.split(line, comments=True)
+        except ValueError as exc:  # an unclosed quote
+            raise UsageError(f"{where}: {exc}: {line.strip()!r}") from None
+        if not words or words[0].lstrip("-") == "mkdir":
             continue
-        if words[0] != "put" or not 2 <= len(words) <= 3:
-            raise UsageError(
-                f"{source}:{number}: expected 'put LOCAL [NAME]', got {line.strip()!r}"
-            )
-        local = Path(words[1])
-        items.append(Item(local, words[2] if len(words) == 3 else local.name))
+        command, *args = words
+        while args and args[0] in _PUT_FLAGS:
+            args.pop(0)
+        if command.lstrip("-") != "put" or not 1 <= len(args) <= 2 or args[0].startswith("-"):
+            raise UsageError(f"{where}: expected 'put [-f] LOCAL [NAME]', got {line.strip()!r}")
+        local = Path(args[0])
+        name = args[1] if len(args) == 2 else local.name
+        items.append(Item(local, name + local.name if name.endswith("/") else name))
     return items
 
 
@@ -243,6 +286,8 @@ def _not_cached(items: list[Item], cache: dict[str, list[Any]]) -> list[Item]:
     identity; returns the ones to hash (unreadable ones get their error and are not among them)."""
     todo: list[Item] = []
     for item in items:
+        if item.error is not None:  # found so by collect
+            continue
         try:
             stat = item.path.stat()
         except OSError as exc:
@@ -289,6 +334,7 @@ class Progress:
     done_bytes: int = 0
     started: float = field(default_factory=time.monotonic)
     _last_line: float = 0.0
+    _ended: bool = False
     _display: Any = None
     _task: Any = None
 
@@ -331,8 +377,10 @@ class Progress:
         if self._display is not None:
             self._display.update(self._task, advance=nbytes, files=self._files())
         elif time.monotonic() - self._last_line >= 5 or (
-            self._all_checked and self.done_bytes == self.total_bytes
+            not self._ended and self._all_checked and self.done_bytes == self.total_bytes
         ):
+            # The end is a line of its own, once: not one per file that finishes after it.
+            self._ended = self._all_checked and self.done_bytes == self.total_bytes
             self._last_line = time.monotonic()
             print(self.line(), flush=True)
 
@@ -434,7 +482,17 @@ class Client:
         await self._retrying(attempt)
 
     async def register(self, item: Item, kind: str) -> str:
+        """The asset of that name and kind whose current blob is this file's, made if there is
+        none: a re-run registers nothing twice, and a changed file gets an asset of its own."""
         name = item.name.rsplit("/", 1)[-1].rsplit(".", 1)[0] or item.name
+        query = urllib.parse.urlencode({"name": name, "kind": kind, "limit": 500})
+        page: str | None = f"/assets?{query}"
+        while page is not None:  # the name filter is a prefix: "chair" lists "chairs" too
+            listing = await self._json("GET", page, None)
+            for asset in listing["items"]:
+                if asset["name"] == name and asset["blob"] == item.digest:
+                    return str(asset["id"])
+            page = listing["next"]  # a path and query, as the origin writes it
         doc = await self._json("POST", "/assets", {"name": name, "kind": kind, "blob": item.digest})
         return str(doc["identifier"])
 
@@ -495,11 +553,16 @@ async def _answer(resp: aiohttp.ClientResponse) -> Any:
     return json.loads(text) if text else None
 
 
-def _kind_of(item: Item, kind: str | None) -> str:
-    if kind:
-        return kind
-    parent = item.name.rsplit("/", 2)
-    return (parent[-2] if len(parent) >= 2 else "asset").lower() or "asset"
+# What the origin takes as an asset's kind (origin/asset_routes.py).
+KIND = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+
+
+def kind_of(item: Item) -> str:
+    """The kind of an asset registered without ``--kind``: its folder's name, made one
+    ("My Props" -> "my-props"); "asset" when nothing of the name is left."""
+    folder = item.path.absolute().parent.name.lower()
+    kind = re.sub(r"[^a-z0-9_.-]+", "-", folder).lstrip("_.-")[:64]
+    return kind if KIND.fullmatch(kind) else "asset"
 
 
 # -- the run ----------------------------------------------------------------------------------
@@ -508,11 +571,12 @@ def _kind_of(item: Item, kind: str | None) -> str:
 @dataclass(frozen=True)
 class Summary:
     files: int
-    uploaded: int
-    skipped: int
+    uploaded: int  # with --dry-run: would be
+    skipped: int  # the origin has them already
     failed: int
-    bytes_sent: int
+    bytes_sent: int  # with --dry-run: would be
     seconds: float
+    dry_run: bool = False
 
 
 class _Run:
@@ -589,6 +653,8 @@ class _Run:
                     f"{self._options.url} could not say which blobs it lacks: {exc}"
                 ) from None
             send = [self._claimed[d] for d in digests if d in missing]
+            for digest in digests:
+                self._claimed[digest].present = digest not in missing
             self.todo += send
             self._progress.found(len(send), sum(i.size for i in send))
             self._progress.check(len(batch))
@@ -617,39 +683,34 @@ async def upload(items: list[Item], options: Options) -> Summary:
 async def upload_hashed(
     items: list[Item], source: AsyncGenerator[Item, None], options: Options
 ) -> Summary:
-    """Send what the origin lacks of ``items``, whose digests (or errors) ``source`` yields."""
+    """Send what the origin lacks of ``items``, whose digests (or errors) ``source`` yields.
+    The manifest is written however the run ends, with what the origin holds by then."""
     started = time.monotonic()
     live = sys.stdout.isatty() if options.progress is None else options.progress
-    async with aiohttp.ClientSession(
-        timeout=aiohttp.ClientTimeout(total=None, sock_connect=30)
-    ) as session:
-        client = Client(session, options)
-        with Progress(len(items), live and not options.dry_run) as progress:
-            run = _Run(client, options, progress)
-            await run.run(source)
-        hashed_ok = [i for i in items if i.digest is not None]
-        if options.dry_run:
-            print(f"would upload {len(run.todo)} blobs, {sum(i.size for i in run.todo)} bytes")
-        else:
-            failed_digests = {i.digest for i in run.todo if i.error}
-            for item in hashed_ok:
-                if item.digest in failed_digests and not item.error:
-                    item.error = "upload failed (same content as another file)"
+    try:
+        async with aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=30)
+        ) as session:
+            client = Client(session, options)
+            with Progress(len(items), live and not options.dry_run) as progress:
+                run = _Run(client, options, progress)
+                await run.run(source)
+            if options.dry_run:
+                return _dry_run_summary(items, run.todo, started)
+            _share_outcomes(items)
             if options.register:
-                for item in hashed_ok:
-                    if not item.error:
+                for item in items:
+                    if item.digest is not None and not item.error:
                         try:
                             item.asset_id = await client.register(
-                                item, _kind_of(item, options.kind)
+                                item, options.kind or kind_of(item)
                             )
                         except Exception as exc:
                             item.error = f"register failed: {exc}"
-    if options.manifest is not None and not options.dry_run:
-        manifest = {
-            i.name: {"digest": i.digest, "size": i.size, "asset_id": i.asset_id}
-            for i in items if not i.error
-        }  # fmt: skip
-        options.manifest.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    finally:
+        if options.manifest is not None and not options.dry_run:
+            _share_outcomes(items)
+            await asyncio.to_thread(write_manifest, options.manifest, items)
     failed = [i for i in items if i.error]
     for item in failed:
         print(f"FAILED {item.name}: {item.error}", file=sys.stderr)
@@ -657,8 +718,50 @@ async def upload_hashed(
     return Summary(
         files=len(items),
         uploaded=len(uploaded),
-        skipped=len(items) - len(uploaded) - len(failed),
+        skipped=sum(1 for i in items if i.present and not i.error),
         failed=len(failed),
         bytes_sent=sum(i.size for i in uploaded),
         seconds=time.monotonic() - started,
     )
+
+
+def _share_outcomes(items: list[Item]) -> None:
+    """Files with the same bytes share the outcome of the one whose upload stood for them."""
+    by_digest = {i.digest: i for i in items if i.digest and (i.uploaded or i.present or i.error)}
+    for item in items:
+        first = by_digest.get(item.digest) if item.digest else None
+        if first is None or first is item or item.error or item.uploaded:
+            continue
+        if first.error and first.error.startswith("upload failed"):
+            item.error = "upload failed (same content as another file)"
+        elif first.uploaded or first.present:
+            item.present = True
+
+
+def _dry_run_summary(items: list[Item], todo: list[Item], started: float) -> Summary:
+    for item in todo:
+        print(f"would upload {item.name} ({item.size} bytes)")
+    failed = [i for i in items if i.error]
+    for item in failed:
+        print(f"FAILED {item.name}: {item.error}", file=sys.stderr)
+    return Summary(
+        files=len(items),
+        uploaded=len(todo),
+        skipped=sum(1 for i in items if i.digest and not i.error) - len(todo),
+        failed=len(failed),
+        bytes_sent=sum(i.size for i in todo),
+        seconds=time.monotonic() - started,
+        dry_run=True,
+    )
+
+
+def write_manifest(path: Path, items: list[Item]) -> None:
+    """Local path -> digest, size, name and asset id of each file the origin holds; replaced
+    whole (a temp file renamed), so a reader never sees half of one."""
+    manifest = {
+        str(i.path): {"digest": i.digest, "size": i.size, "name": i.name, "asset_id": i.asset_id}
+        for i in items if (i.uploaded or i.present) and not i.error
+    }  # fmt: skip
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    temp.replace(path)

@@ -85,9 +85,9 @@ def test_uploads_a_tree_with_excludes_ignore_file_and_manifest(
     assert missing(live_origin, [b3(d) for d in kept.values()]) == []
     assert stored(live_origin) == {b3(d) for d in kept.values()}
     doc = json.loads(manifest.read_text())
-    assert set(doc) == set(kept)
-    assert all(doc[name]["digest"] == b3(data) for name, data in kept.items())
-    assert all(doc[name]["asset_id"] for name in kept)
+    assert set(doc) == {str(tree / name) for name in kept}
+    assert all(doc[str(tree / n)]["digest"] == b3(data) for n, data in kept.items())
+    assert all(doc[str(tree / n)]["name"] == n and doc[str(tree / n)]["asset_id"] for n in kept)
     with urllib.request.urlopen(f"{live_origin.url}/assets?kind=avatars", timeout=10) as resp:
         names = sorted(item["name"] for item in json.load(resp)["items"])
     assert names == ["robot", "robot-copy"]
@@ -102,9 +102,10 @@ def test_a_run_stopped_mid_way_is_finished_by_a_rerun(
     files = {f"f{i:02d}.bin": os.urandom(4 << 20) for i in range(16)}
     make_tree(tree, files)
     env = {**os.environ, "ORIGIN_TOKEN": live_origin.token, "XDG_CACHE_HOME": str(tmp_path / "c")}
+    manifest = tmp_path / "manifest.json"
     proc = subprocess.Popen(
         [sys.executable, "-m", "origin", "upload", "--url", live_origin.url, "-j", "1",
-         "--no-progress", str(tree)],
+         "--no-progress", "--manifest", str(manifest), str(tree)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
         start_new_session=True,  # its own process group, as a terminal's foreground job
     )  # fmt: skip
@@ -133,6 +134,8 @@ def test_a_run_stopped_mid_way_is_finished_by_a_rerun(
             break
         before = now
     assert 0 < len(before) < len(files), "the stop should land mid-run"
+    if how != "sigkill":  # the manifest holds what the origin had by then, and nothing else
+        assert {e["digest"] for e in json.loads(manifest.read_text()).values()} <= before
     result = run_upload(live_origin, tmp_path, str(tree), "--no-progress")
     assert result.returncode == 0, result.stderr
     assert stored(live_origin) == {b3(d) for d in files.values()}
@@ -353,14 +356,14 @@ def test_batch_file_dry_run_and_bad_input(live_origin: LiveOrigin, tmp_path: Pat
     batch.write_text(f"# comment\n\nput {tmp_path / 'x.glb'} renamed.glb\n")
     dry = run_upload(live_origin, tmp_path, "-b", str(batch), "--dry-run")
     assert dry.returncode == 0
-    assert "would upload 1 blobs" in dry.stdout
+    assert "would upload renamed.glb (7 bytes)" in dry.stdout
     assert b3(b"batched") not in stored(live_origin)
     assert run_upload(live_origin, tmp_path, "-b", str(batch)).returncode == 0
     assert b3(b"batched") in stored(live_origin)
     batch.write_text("get remote local\n")
     bad = run_upload(live_origin, tmp_path, "-b", str(batch))
     assert bad.returncode == 2
-    assert "batch.txt:1: expected 'put LOCAL [NAME]'" in bad.stderr
+    assert "batch.txt:1: expected 'put [-f] LOCAL [NAME]'" in bad.stderr
     assert run_upload(live_origin, tmp_path, str(tmp_path / "absent")).returncode == 2
 
 
@@ -391,3 +394,145 @@ def test_an_origin_that_cannot_be_reached_is_one_clear_line(tmp_path: Path) -> N
     assert result.stderr.startswith(f"origin upload: {url} could not say which blobs it lacks:")
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_dry_run_names_what_it_would_send_and_counts_the_rest(
+    live_origin: LiveOrigin, tmp_path: Path
+) -> None:
+    tree = tmp_path / "t"
+    make_tree(tree, {"old.glb": b"already sent", "new.glb": b"not yet", "also/new.png": b"png"})
+    assert run_upload(live_origin, tmp_path, str(tree / "old.glb")).returncode == 0
+    (tree / "broken.glb").symlink_to(tree / "nowhere")
+    dry = run_upload(live_origin, tmp_path, str(tree), "--dry-run")
+    assert dry.returncode == 1  # the broken link
+    lines = dry.stdout.splitlines()
+    assert sorted(x for x in lines if x.startswith("would upload")) == [
+        "would upload also/new.png (3 bytes)",
+        "would upload new.glb (7 bytes)",
+    ]
+    assert lines[-1] == "4 files: 2 would be uploaded (10 bytes), 1 already there, 1 failed"
+    assert b3(b"not yet") not in stored(live_origin)
+
+
+def test_register_twice_makes_each_asset_once_with_kinds_from_folders(
+    live_origin: LiveOrigin, tmp_path: Path
+) -> None:
+    tree = tmp_path / "avatars"
+    make_tree(tree, {"top.glb": b"top", "My Props/lamp.glb": b"lamp", "Hero/knight.glb": b"kn"})
+    for _ in range(2):
+        result = run_upload(live_origin, tmp_path, str(tree), "--register")
+        assert result.returncode == 0, result.stderr
+    assert "3 already there, 0 failed" in result.stdout
+    (tree / "top.glb").write_bytes(b"top, changed")
+    assert run_upload(live_origin, tmp_path, str(tree), "--register").returncode == 0
+    with urllib.request.urlopen(f"{live_origin.url}/assets?limit=500", timeout=10) as resp:
+        assets = sorted((a["kind"], a["name"], a["blob"]) for a in json.load(resp)["items"])
+    assert assets == sorted(
+        [
+            ("avatars", "top", b3(b"top")),
+            ("avatars", "top", b3(b"top, changed")),
+            ("my-props", "lamp", b3(b"lamp")),
+            ("hero", "knight", b3(b"kn")),
+        ]
+    )
+    bad = run_upload(live_origin, tmp_path, str(tree), "--register", "--kind", "My Kind")
+    assert bad.returncode == 2
+    assert "--kind 'My Kind'" in bad.stderr
+
+
+def test_unlistable_directories_and_linked_ones_are_reported(tmp_path: Path) -> None:
+    tree = tmp_path / "t"
+    make_tree(tree, {"ok.glb": b"ok", "locked/secret.glb": b"s", "real/inside.glb": b"i"})
+    (tree / "linked").symlink_to(tree / "real")
+    (tree / "locked").chmod(0)
+    # Root reads any directory; without the capabilities that let it, it is refused as others are.
+    caps = "-dac_override,-dac_read_search"
+    drop = ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}"] if os.geteuid() == 0 else []
+    script = (
+        "import sys; from origin.uploader import Options, collect\n"
+        "for i in collect([sys.argv[1]], Options(url='', token=None)): print(i.name, i.error)"
+    )
+    try:
+        out = subprocess.run(
+            [*drop, sys.executable, "-c", script, str(tree)],
+            capture_output=True, text=True, timeout=60, check=True,
+        ).stdout  # fmt: skip
+    finally:
+        (tree / "locked").chmod(0o755)
+    assert sorted(out.splitlines()) == [
+        "linked a link to a directory, not followed",
+        "locked cannot list: Permission denied",
+        "ok.glb None",
+        "real/inside.glb None",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "files", "message"),
+    [
+        (["--exclude", "!"], {}, "--exclude:"),
+        ([], {".originignore": b"\xff\n"}, ".originignore: not UTF-8 text"),
+        (["-b", "{tree}/batch.txt"], {"batch.txt": b"put \xff\n"}, "batch.txt: not UTF-8 text"),
+        (["-b", "{tree}/batch.txt"], {"batch.txt": b'put "open\n'}, "batch.txt:1: No closing"),
+        (["-b", "{tree}/batch.txt"], {"batch.txt": b"put -r dir\n"}, "batch.txt:1: expected"),
+        (["--manifest", "/nonexistent/m.json"], {}, "--manifest /nonexistent/m.json"),
+    ],
+)
+def test_bad_patterns_and_batch_files_are_usage_errors(
+    live_origin: LiveOrigin, tmp_path: Path, args: list[str], files: dict[str, bytes], message: str
+) -> None:
+    tree = tmp_path / "t"
+    make_tree(tree, {"a.glb": b"never sent", **files})
+    result = run_upload(live_origin, tmp_path, str(tree), *(a.format(tree=tree) for a in args))
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert b3(b"never sent") not in stored(live_origin)
+
+
+def test_batch_files_read_as_sftp_reads_them(live_origin: LiveOrigin, tmp_path: Path) -> None:
+    make_tree(
+        tmp_path / "src",
+        {"with space.glb": b"spaced", "big.bin": b"big", "c.png": b"c", "a b.glb": b"ab"},
+    )
+    batch = tmp_path / "batch.txt"
+    batch.write_text(
+        "-mkdir models\n"
+        f'put "{tmp_path}/src/with space.glb" "remote name.glb"  # quoted\n'
+        f"put -f {tmp_path}/src/big.bin models/\n"
+        f"-put {tmp_path}/src/a\\ b.glb\n"
+        f"put {tmp_path}/src/c.png\n"
+    )
+    manifest = tmp_path / "m.json"
+    result = run_upload(live_origin, tmp_path, "-b", str(batch), "--manifest", str(manifest))
+    assert result.returncode == 0, result.stderr
+    names = sorted(e["name"] for e in json.loads(manifest.read_text()).values())
+    assert names == ["a b.glb", "c.png", "models/big.bin", "remote name.glb"]
+    assert {b3(b"spaced"), b3(b"big"), b3(b"c"), b3(b"ab")} <= stored(live_origin)
+
+
+def test_the_manifest_keeps_files_of_the_same_name_in_two_trees(
+    live_origin: LiveOrigin, tmp_path: Path
+) -> None:
+    make_tree(tmp_path, {"libA/chair.glb": b"chair A", "libB/chair.glb": b"chair B"})
+    manifest = tmp_path / "m.json"
+    result = run_upload(
+        live_origin, tmp_path, str(tmp_path / "libA"), str(tmp_path / "libB"),
+        "--manifest", str(manifest),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(manifest.read_text())
+    assert {k: v["digest"] for k, v in doc.items()} == {
+        str(tmp_path / "libA" / "chair.glb"): b3(b"chair A"),
+        str(tmp_path / "libB" / "chair.glb"): b3(b"chair B"),
+    }
+
+
+def test_plain_progress_ends_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    progress = Progress(to_check=2, live=False)
+    progress.found(files=2, nbytes=10)
+    progress.check(2)
+    progress.advance(10)
+    progress.advance(0, finished_file=True)
+    progress.advance(0, finished_file=True)
+    assert len(capsys.readouterr().out.splitlines()) == 1
