@@ -466,6 +466,8 @@ class Client:
                 payload: bytes | FileBody
                 if item.size <= SMALL_FILE:
                     payload = await asyncio.to_thread(file.read)
+                    if len(payload) != item.size:  # a body shorter than its length would hang
+                        raise RuntimeError(f"read {len(payload)} of its {item.size} bytes")
                     advance(len(payload))
                 else:
                     payload = FileBody(file, item.size, advance)
@@ -711,9 +713,7 @@ async def upload_hashed(
         if options.manifest is not None and not options.dry_run:
             _share_outcomes(items)
             await asyncio.to_thread(write_manifest, options.manifest, items)
-    failed = [i for i in items if i.error]
-    for item in failed:
-        print(f"FAILED {item.name}: {item.error}", file=sys.stderr)
+    failed = _report_failed(items)
     uploaded = [i for i in items if i.uploaded]
     return Summary(
         files=len(items),
@@ -723,6 +723,15 @@ async def upload_hashed(
         bytes_sent=sum(i.size for i in uploaded),
         seconds=time.monotonic() - started,
     )
+
+
+def _report_failed(items: list[Item]) -> list[Item]:
+    failed = [i for i in items if i.error]
+    for item in failed:
+        # A name with a newline or a terminal escape in it is shown quoted, one line each.
+        shown = item.name if item.name.isprintable() else repr(item.name)
+        print(f"FAILED {shown}: {item.error}", file=sys.stderr)
+    return failed
 
 
 def _share_outcomes(items: list[Item]) -> None:
@@ -741,9 +750,7 @@ def _share_outcomes(items: list[Item]) -> None:
 def _dry_run_summary(items: list[Item], todo: list[Item], started: float) -> Summary:
     for item in todo:
         print(f"would upload {item.name} ({item.size} bytes)")
-    failed = [i for i in items if i.error]
-    for item in failed:
-        print(f"FAILED {item.name}: {item.error}", file=sys.stderr)
+    failed = _report_failed(items)
     return Summary(
         files=len(items),
         uploaded=len(todo),

@@ -304,6 +304,34 @@ async def test_a_file_cut_short_while_it_is_sent_fails_and_nothing_of_it_lands(
     assert not list((live_origin.data_dir / "tmp").glob("*"))
 
 
+@pytest.mark.skipif(not Path("/sys/devices/system/cpu/online").exists(), reason="needs sysfs")
+def test_a_file_that_reads_shorter_than_its_size_fails_instead_of_hanging(
+    live_origin: LiveOrigin, tmp_path: Path
+) -> None:
+    """sysfs says 4096 bytes and gives a few: sent with a Content-Length of 4096, the body would
+    leave the origin waiting for the rest, and the run with it."""
+    tree = tmp_path / "t"
+    make_tree(tree, {"good.glb": b"good"})
+    (tree / "online").symlink_to("/sys/devices/system/cpu/online")
+    result = run_upload(live_origin, tmp_path, str(tree), "--retries", "1")
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith("FAILED online: upload failed: read ")
+    assert line.endswith(" of its 4096 bytes")
+    assert b3(b"good") in stored(live_origin)
+
+
+def test_failed_names_are_one_line_each(live_origin: LiveOrigin, tmp_path: Path) -> None:
+    tree = tmp_path / "t"
+    tree.mkdir()
+    (tree / "two\nlines.glb").symlink_to(tree / "nowhere")
+    result = run_upload(live_origin, tmp_path, str(tree))
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "FAILED 'two\\nlines.glb': cannot read: No such file or directory"
+    ]
+
+
 async def test_a_run_stopped_while_hashing_keeps_the_digests_it_had(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
