@@ -92,6 +92,14 @@ def test_sshd_down_serves_cached_blobs_and_refuses_puts_then_recovers(
                                                      "Content-Length": str(len(new))}))  # fmt: skip
         sock.sendall(new)
         assert read_head(sock).startswith(b"HTTP/1.1 503")
+    # With Expect: 100-continue, the presence check runs before the body and outside the
+    # middleware: the same 503, as problem+json (it was a text/plain 500).
+    with connect(sftp_origin) as sock:
+        headers = {**auth(sftp_origin), "Content-Length": str(len(new)), "Expect": "100-continue"}
+        sock.sendall(request_head("PUT", f"/blobs/{b3(new)}", headers))
+        head = read_head(sock)
+        assert head.startswith(b"HTTP/1.1 503"), head
+        assert b"application/problem+json" in head
     stop.set()
     reader.join()
     assert failures == []
