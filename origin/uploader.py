@@ -686,7 +686,8 @@ async def upload_hashed(
     items: list[Item], source: AsyncGenerator[Item, None], options: Options
 ) -> Summary:
     """Send what the origin lacks of ``items``, whose digests (or errors) ``source`` yields.
-    The manifest is written however the run ends, with what the origin holds by then."""
+    The manifest is written however the run ends, with what the origin holds by then; when the
+    origin has said nothing (unreachable from the start), an earlier manifest is left alone."""
     started = time.monotonic()
     live = sys.stdout.isatty() if options.progress is None else options.progress
     try:
@@ -710,8 +711,9 @@ async def upload_hashed(
                         except Exception as exc:
                             item.error = f"register failed: {exc}"
     finally:
-        if options.manifest is not None and not options.dry_run:
-            _share_outcomes(items)
+        _share_outcomes(items)
+        heard = any(i.uploaded or i.present for i in items)
+        if options.manifest is not None and not options.dry_run and heard:
             await asyncio.to_thread(write_manifest, options.manifest, items)
     failed = _report_failed(items)
     uploaded = [i for i in items if i.uploaded]

@@ -412,9 +412,11 @@ def test_an_origin_that_cannot_be_reached_is_one_clear_line(tmp_path: Path) -> N
     with socket.socket() as sock:  # a port nothing listens on
         sock.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    manifest = tmp_path / "m.json"
+    manifest.write_text('{"earlier": {}}')
     result = subprocess.run(
         [sys.executable, "-m", "origin", "upload", "--url", url, "--retries", "1",
-         str(tmp_path / "x.glb")],
+         "--manifest", str(manifest), str(tmp_path / "x.glb")],
         capture_output=True, text=True, timeout=60,
         env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")},
     )  # fmt: skip
@@ -422,6 +424,7 @@ def test_an_origin_that_cannot_be_reached_is_one_clear_line(tmp_path: Path) -> N
     assert result.stderr.startswith(f"origin upload: {url} could not say which blobs it lacks:")
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+    assert manifest.read_text() == '{"earlier": {}}'  # it heard nothing, so it says nothing
 
 
 def test_dry_run_names_what_it_would_send_and_counts_the_rest(
