@@ -36,6 +36,8 @@ import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
+from recommender import Event
+
 from .catalog import EventRecord, RecommenderCatalog
 
 _LAST_ID = uuid.UUID(int=(1 << 128) - 1)
@@ -57,6 +59,8 @@ class RecentEvents:
         # user -> event id (as an int) -> _Kept
         self._by_user: dict[str, dict[int, _Kept]] = {}
         self.count = 0
+        # Kept since the last take_fresh, for the serving model's popularity ranking.
+        self._fresh: list[tuple[str, _Kept]] = []
 
     def for_user(self, user: str) -> list[EventRecord]:
         events = self._by_user.get(user)
@@ -69,6 +73,17 @@ class RecentEvents:
 
     def has(self, user: str) -> bool:
         return user in self._by_user
+
+    def take_fresh(self) -> list[Event]:
+        """The events kept since the last call, each once (a row this worker wrote and then
+        read back in the tail is one event)."""
+        fresh, self._fresh = self._fresh, []
+        return [_event(user, kept) for user, kept in fresh]
+
+    def everything(self) -> list[Event]:
+        """Every kept event (all those after the cutoff); what take_fresh held is dropped."""
+        self._fresh = []
+        return [_event(u, kept) for u, events in self._by_user.items() for kept in events.values()]
 
     def set_cutoff(self, cutoff: datetime) -> None:
         """A model trained on the events recorded up to ``cutoff`` is now served."""
@@ -104,6 +119,7 @@ class RecentEvents:
             events = self._by_user[user] = {}
         if key not in events:
             self.count += 1
+            self._fresh.append((user, kept))
         events[key] = kept
 
     async def poll(self) -> int:
@@ -126,3 +142,8 @@ class RecentEvents:
                 self._cursor = (last[6], uuid.UUID(int=last[0]))
             if len(page) < _PAGE:
                 return read
+
+
+def _event(user: str, kept: _Kept) -> Event:
+    asset, kind, weight, at, _ = kept
+    return Event(user, str(uuid.UUID(int=asset)), kind, weight, at)

@@ -12,7 +12,8 @@ everyone else's tailed from the catalog every ``recommender_tail_interval``) and
 its event buffer. So an event changes the list at once on the worker that took it, and on every
 other worker within flush interval + commit lag + tail interval. Before a first model exists
 the answer is the catalog's popularity ranking with ``fallback: true``, without what the user
-already has (known the same way: before a model, every event counts as recent).
+already has (known the same way: before a model, every event counts as recent). With a model,
+it is the model's popularity ranking plus the events after its cutoff, counted as they come.
 
 Three paths, cheapest first:
 * a user with no newer events: the model's precomputed list, filtered (deleted, kind; owned
@@ -103,6 +104,7 @@ class RecommenderService:
         self.live_ids: dict[str, uuid.UUID] = {}
         self._asset_cursor: datetime | None = None  # when the previous asset read began
         self.loaded: LoadedModel | None = None
+        self._popularity_of: LoadedModel | None = None  # whose popularity has the recent events
         self._popular: list[tuple[str, float]] = []
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="recommender")
         self._refreshing = asyncio.Lock()
@@ -146,11 +148,31 @@ class RecommenderService:
         while True:  # the first read at once: the events since the cutoff, or all before a model
             try:
                 await self.recent.poll()
+                await self._count_recent_in_popularity()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("recommender: reading recent events failed: %s", exc)
             await asyncio.sleep(self._config.recommender_tail_interval)
+
+    async def _count_recent_in_popularity(self) -> None:
+        """Events newer than the model count in its popularity ranking as this worker learns of
+        them, each once: an asset that became popular since the training, or new since, is
+        recommended to users without history before the next training (a model trained on no
+        events at all would otherwise answer everyone with nothing)."""
+        loaded = self.loaded
+        if loaded is None:
+            self.recent.take_fresh()  # before a model, popularity is the catalog's
+            return
+        if self._popularity_of is not loaded:  # a new model: all the events after its cutoff
+            events = self.recent.everything()
+            self._popularity_of = loaded
+        else:
+            events = self.recent.take_fresh()
+        if events:
+            await self._in_executor(loaded.recommender.add_popularity, events)
+            if self.loaded is loaded:
+                self._fallbacks.clear()
 
     def note_written(self, batch: list[EventRecord], recorded_at: datetime) -> None:
         """This worker's buffer wrote ``batch`` (before it leaves ``pending_for``)."""

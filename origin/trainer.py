@@ -218,6 +218,9 @@ class Trainer:
         self._after = after  # e.g. load the new model here without waiting for the poll
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._task: asyncio.Task[ModelRecord] | None = None
+        # Requests at once on this worker: the lease is "already ours" to all but the first,
+        # so without this each started a run, and the first to end released the lease.
+        self._starting = asyncio.Lock()
         self.last_error: str | None = None
 
     @property
@@ -227,11 +230,12 @@ class Trainer:
     async def start(self) -> asyncio.Task[ModelRecord]:
         """Take the lease (TrainerBusy if someone has it) and train in the background."""
         ttl = self._config.recommender_lease_ttl
-        if self.running or not await self._rcatalog.acquire_lease(LEASE, self.holder, ttl):
-            holder = await self._rcatalog.lease_holder(LEASE)
-            raise TrainerBusy(*(holder or (None, None)))
-        self._task = asyncio.create_task(self._run(), name="recommender-train")
-        return self._task
+        async with self._starting:
+            if self.running or not await self._rcatalog.acquire_lease(LEASE, self.holder, ttl):
+                holder = await self._rcatalog.lease_holder(LEASE)
+                raise TrainerBusy(*(holder or (None, None)))
+            self._task = asyncio.create_task(self._run(), name="recommender-train")
+            return self._task
 
     async def train(self) -> ModelRecord:
         return await (await self.start())
@@ -259,6 +263,9 @@ class Trainer:
             if self._before is not None:
                 await self._before()
             config = self._config
+            # What other workers had buffered when the run was asked for reaches the catalog
+            # within a flush interval: "train now" includes it.
+            await asyncio.sleep(config.recommender_flush_interval)
             # Everything recorded up to now is in the run: a write stamped before the cutoff
             # commits within the commit lag, so wait that long before reading. Serving folds in
             # exactly the events recorded after the cutoff.

@@ -87,7 +87,12 @@ def confidence_matrix(
     weights: NDArray[np.float64],
     shape: tuple[int, int],
 ) -> sp.csr_matrix:
-    """Sum weights per (user, item) into a CSR with sorted indices and no explicit zeros."""
+    """Sum weights per (user, item) into a CSR with sorted indices and no explicit zeros: a
+    pair whose sum is zero in float32 (an event decayed for many half-lives, a tiny weight)
+    is stored as float32's smallest normal value. It trains as nothing, but it stays in the
+    user's row, and the row is what tells serving what the user has: dropped, the asset was
+    recommended back to them, and a user whose events all decayed got popularity with
+    nothing left out."""
     # Summing in float64 keeps many tiny decayed weights from vanishing; stored as float32
     # because that is what implicit trains on and it halves memory at 20M entries.
     coo = sp.coo_matrix((weights, (users, items)), shape=shape, dtype=np.float64)
@@ -95,7 +100,7 @@ def confidence_matrix(
     del coo
     result = matrix.astype(np.float32)
     del matrix
-    result.eliminate_zeros()  # after the cast: a tiny float64 sum can round to float32 zero
+    np.maximum(result.data, np.finfo(np.float32).tiny, out=result.data)  # also no subnormals
     result.sort_indices()
     return result
 

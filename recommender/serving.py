@@ -201,17 +201,29 @@ class Recommender:
         used = 0
         with self._lock:
             for event in events:
-                weight = self._event_weight(event)
-                if weight is None:
-                    continue
-                key = asset_key(event.asset)
-                at = epoch_seconds(event.at)
-                index = self._ensure_item(key)
-                self._popularity[index] += weight * self._popularity_boost(at)
-                self._pending.setdefault(event.user, []).append(_Pending(key, weight, at))
-                used += 1
+                counted = self._count_popularity(event)
+                if counted is not None:
+                    self._pending.setdefault(event.user, []).append(counted)
+                    used += 1
             self._pending_count += used
         return used
+
+    def add_popularity(self, events: Iterable[Event]) -> int:
+        """Count events newer than the model in the popularity ranking only, for servers that
+        pass each user's newer events to ``recommend`` themselves (``recent``); the same
+        caution as ``add_events``. Returns how many were counted."""
+        with self._lock:
+            return sum(self._count_popularity(event) is not None for event in events)
+
+    def _count_popularity(self, event: Event) -> _Pending | None:
+        weight = self._event_weight(event)
+        if weight is None:
+            return None
+        key = asset_key(event.asset)
+        at = epoch_seconds(event.at)
+        index = self._ensure_item(key)  # first: it may grow (replace) the array
+        self._popularity[index] += weight * self._popularity_boost(at)
+        return _Pending(key, weight, at)
 
     def with_model(self, model: Model) -> Recommender:
         """A recommender on a new model that keeps kinds, deletions and the events the new

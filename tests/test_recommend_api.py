@@ -256,6 +256,25 @@ async def test_two_trainers_race_one_trains(api: Client, catalog_url: str, tmp_p
     assert await second.train() != record  # free again: the other may train now
 
 
+async def test_train_requests_at_once_on_one_worker_start_one_run(api: Client) -> None:
+    await load_world(api, SyntheticConfig(n_users=50, n_items=20, n_events=500, communities=2))
+    answers = await asyncio.gather(
+        *(api.post("/admin/recommender/train", headers=AUTH) for _ in range(8))
+    )
+    assert sorted(r.status for r in answers) == [202] + [409] * 7
+    for _ in range(600):
+        status = await (await api.get("/admin/recommender", headers=AUTH)).json()
+        if not status["training"]["running"]:
+            break
+        await asyncio.sleep(0.1)
+    assert status["model_version"] is not None
+    engine = api.app[CATALOG].engine
+    async with engine.connect() as conn:
+        published = (await conn.execute(select(models.c.id))).all()
+    assert len(published) == 1  # each 202 had published one
+    assert await RecommenderCatalog(engine).lease_holder(LEASE) is None
+
+
 async def test_an_expired_lease_is_taken_over(catalog_url: str) -> None:
     catalog = Catalog.connect(catalog_url)
     await upgrade(catalog.engine)

@@ -258,6 +258,74 @@ async def test_before_a_model_the_fallback_leaves_out_what_the_user_has(
         assert [i["asset"] for i in (await recs(three, "ann", limit="3"))["items"]] == expected
 
 
+async def test_events_after_the_model_reach_its_popularity_ranking(
+    workers: tuple[Client, Client],
+) -> None:
+    """The first model is trained on nothing; events after it, on an asset made after it,
+    make the fallback of every worker, and a user who took it is not offered it back."""
+    one, two = workers
+    await train(one)
+    await two.app[RECOMMENDER].refresh()
+    assert (await recs(two, "stranger"))["items"] == []
+    body = {"name": "hot", "kind": "prop", "blob": await blob(one)}
+    hot = str(
+        (await (await one.post("/assets", json=body, headers=AUTH)).json(content_type=None))[
+            "identifier"
+        ]
+    )
+    likes = [{"user": f"fan-{n}", "asset": hot, "kind": "like"} for n in range(5)]
+    assert (await one.post("/events", json={"events": likes}, headers=AUTH)).status == 202
+    await one.app[BUFFER].flush()
+    for worker in (one, two):
+        await worker.app[RECOMMENDER].refresh()  # the asset, as its poll would
+        for _ in range(100):  # the tail task counts what it reads
+            answer = await recs(worker, "stranger")
+            if answer["items"]:
+                break
+            await asyncio.sleep(0.05)
+        assert ([i["asset"] for i in answer["items"]], answer["fallback"]) == ([hot], True)
+        assert (await recs(worker, "fan-0"))["items"] == []
+    # A new model takes the events over: counted once, not again on top.
+    await train(two)
+    await one.app[RECOMMENDER].refresh()
+    for worker in (one, two):
+        await worker.app[RECOMMENDER]._count_recent_in_popularity()
+        [item] = (await recs(worker, "stranger"))["items"]
+        assert item["asset"] == hot
+        assert item["score"] == pytest.approx(5 * 4.0, rel=1e-3)
+
+
+async def test_what_a_user_has_is_left_out_however_old_or_light_their_events(
+    catalog_url: str, tmp_path: Path
+) -> None:
+    """An hour's half-life: a year-old event weighs 2^-8760, nothing in float32, as does a
+    weight of 1e-300. The model still knows the user has those assets."""
+    catalog = Catalog.connect(catalog_url)
+    await upgrade(catalog.engine)
+    await catalog.close()
+    config = make_config(tmp_path, catalog_url, recommender_half_life=3600)
+    async with TestClient(TestServer(create_app(config))) as api:
+        ids = []
+        for n in range(6):
+            body = {"name": f"a{n}", "kind": "prop", "blob": await blob(api)}
+            resp = await api.post("/assets", json=body, headers=AUTH)
+            ids.append(str((await resp.json(content_type=None))["identifier"]))
+        old = (datetime.now(UTC) - timedelta(days=365)).isoformat()
+        events = [
+            {"user": "old", "asset": ids[0], "kind": "like", "at": old},
+            {"user": "old", "asset": ids[1], "kind": "like", "at": old},
+            {"user": "light", "asset": ids[0], "kind": "like", "weight": 1e-300},
+            {"user": "light", "asset": ids[2], "kind": "like"},
+            *({"user": f"crowd-{u}", "asset": a, "kind": "use"} for u in range(3) for a in ids),
+        ]
+        assert (await api.post("/events", json={"events": events}, headers=AUTH)).status == 202
+        await train(api)
+        for user, has in (("old", {ids[0], ids[1]}), ("light", {ids[0], ids[2]})):
+            got = {i["asset"] for i in (await recs(api, user, limit="10"))["items"]}
+            assert got, user
+            assert not got & has, (user, got)
+
+
 async def test_the_tail_before_a_model_is_bounded(
     workers: tuple[Client, Client], monkeypatch: pytest.MonkeyPatch
 ) -> None:
