@@ -296,7 +296,13 @@ async def admin_status(request: web.Request) -> web.Response:
     await require(request, "admin")
     body = await request.app[RECOMMENDER].stats()
     trainer = request.app[TRAINER]
-    body["training"] = {"running": trainer.running, "last_error": trainer.last_error}
+    # Running anywhere, as the lease says (POST's 409 asks it too); last_error is this worker's.
+    holder = await trainer.lease_holder()
+    body["training"] = {
+        "running": trainer.running or holder is not None,
+        "holder": holder,
+        "last_error": trainer.last_error,
+    }
     return web.json_response(body, headers={"Cache-Control": "no-store"})
 
 

@@ -237,6 +237,11 @@ class Trainer:
             self._task = asyncio.create_task(self._run(), name="recommender-train")
             return self._task
 
+    async def lease_holder(self) -> str | None:
+        """Who is training now, on any node (None: nobody)."""
+        lease = await self._rcatalog.lease_holder(LEASE)
+        return None if lease is None else lease[0]
+
     async def train(self) -> ModelRecord:
         return await (await self.start())
 

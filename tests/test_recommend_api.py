@@ -228,7 +228,7 @@ async def test_admin_routes_need_the_admin_scope(api: Client) -> None:
     assert (await api.post("/admin/recommender/train", headers=headers)).status == 403
     status = await (await api.get("/admin/recommender", headers=AUTH)).json()
     assert status["model_version"] is None
-    assert status["training"] == {"running": False, "last_error": None}
+    assert status["training"] == {"running": False, "holder": None, "last_error": None}
 
 
 async def test_two_trainers_race_one_trains(api: Client, catalog_url: str, tmp_path: Path) -> None:
@@ -243,10 +243,14 @@ async def test_two_trainers_race_one_trains(api: Client, catalog_url: str, tmp_p
     assert len(busy) == 1
     assert len(started) == 1
     assert busy[0].holder in (first.holder, second.holder)
-    # Over HTTP too: the lease is held, so the origin's own trainer is told it is busy.
+    # Over HTTP too: the lease is held, so the origin's own trainer is told it is busy, and
+    # its status page says a run is under way, and whose.
     resp = await api.post("/admin/recommender/train", headers=AUTH)
     assert resp.status == 409
     assert (await resp.json(content_type=None))["type"] == "/problems/training-busy"
+    status = await (await api.get("/admin/recommender", headers=AUTH)).json()
+    assert status["training"]["running"] is True
+    assert status["training"]["holder"] == busy[0].holder
     record = await started[0]
     rcatalog = RecommenderCatalog(catalog.engine)
     assert await rcatalog.latest_model() == record
