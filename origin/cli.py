@@ -81,9 +81,9 @@ def _recommender_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     rec_sub.add_parser("train", help="train now (waits; refused while another run holds the lease)")
     ev = rec_sub.add_parser("evaluate", help="ALS vs popularity on held-out events")
     ev.add_argument("--split", choices=("time", "random"), default="time")
-    ev.add_argument("--test-fraction", type=float, default=0.2)
-    ev.add_argument("-k", type=int, default=10, help="cut-off of the metrics")
-    ev.add_argument("--max-users", type=int, default=10_000, help="test users scored")
+    ev.add_argument("--test-fraction", type=_open_fraction, default=0.2)
+    ev.add_argument("-k", type=_positive_int, default=10, help="cut-off of the metrics")
+    ev.add_argument("--max-users", type=_positive_int, default=10_000, help="test users scored")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,6 +158,21 @@ def _upload_command(args: argparse.Namespace) -> int:
         f"{summary.seconds:.1f}s"
     )
     return 1 if summary.failed else 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _open_fraction(text: str) -> float:
+    """Strictly between 0 and 1, so both parts of a split can hold events (NaN fails too)."""
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), not {text}")
+    return value
 
 
 def _text_of(path: Path) -> str:

@@ -57,4 +57,7 @@ async def _evaluate(args: argparse.Namespace, config: Config, catalog: Catalog) 
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     print(f"ALS / popularity, precision@{args.k}: {evaluation.lift('precision'):.2f}x")
+    users = evaluation.rows[0].users
+    print(f"{evaluation.cold_users} of {users} test users have no training events: "
+          "both rows rank them by popularity, as serving does")  # fmt: skip
     return 0

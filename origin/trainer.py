@@ -152,6 +152,7 @@ def run_job(job: TrainingJob) -> dict[str, Any]:
         details["evaluation"] = {
             "split": evaluation.method,
             "k": evaluation.k,
+            "cold_users": evaluation.cold_users,  # ranked by popularity in both rows
             "rows": [
                 {"model": r.name, "users": r.users, "precision": r.precision,
                  "recall": r.recall, "ndcg": r.ndcg, "coverage": r.coverage}

@@ -139,6 +139,7 @@ async def test_events_in_training_rankings_out(api: Client) -> None:
     assert status["catalog_events"] == SMALL.n_events
     rows = {r["model"]: r for r in status["evaluation"]["rows"]}
     assert set(rows) == {"als", "popularity"}
+    assert 0 <= status["evaluation"]["cold_users"] <= rows["als"]["users"]
 
     body = await recs(api, user, limit="10")
     assert body["model_version"] == version

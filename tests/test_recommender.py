@@ -16,10 +16,13 @@ from recommender import (
     Model,
     Recommender,
     build_interactions,
+    encode_events,
+    evaluate_split,
     load_model,
     model_from_bytes,
     model_to_bytes,
     save_model,
+    split_by_time,
     train,
 )
 
@@ -270,3 +273,49 @@ def test_model_without_interactions_still_serves() -> None:
     assert len(result) == 0
     rec.add_events([Event("v", "x", "download", None, T0)])
     assert rec.recommend("u", 5).ids == ["x"]
+
+
+def _with_newcomers(newcomers: int) -> list[Event]:
+    """``_events()`` at T0 plus users first seen a day later, each taking a0, b0 and b1: the
+    time split at T0 holds out their pairs (and only theirs), with no training row for them."""
+    later = T0 + timedelta(days=1)
+    return _events() + [
+        Event(f"new{i}", asset, "download", None, later)
+        for i in range(newcomers)
+        for asset in (A[0], B[0], B[1])
+    ]
+
+
+def test_evaluation_ranks_users_without_training_events_by_popularity() -> None:
+    # As serving does: a user with no training row gets the popularity ranking, so over
+    # newcomers only the "als" row is the popularity row (it was a ranking by zero factors).
+    columns = encode_events(_with_newcomers(6))
+    split = split_by_time(columns, InteractionConfig(), cutoff=T0.timestamp())
+    evaluation = evaluate_split(split, ALS, k=3)
+    als, popularity = evaluation.rows
+    assert als.users == popularity.users == 6
+    assert (als.precision, als.recall, als.ndcg, als.coverage) == (
+        popularity.precision, popularity.recall, popularity.ndcg, popularity.coverage,
+    )  # fmt: skip
+    assert als.precision == pytest.approx(2 / 3)  # a0 and b0 lead popularity
+    assert evaluation.lift("precision") == pytest.approx(1.0)
+    assert evaluation.cold_users == 6
+
+
+def test_evaluation_counts_cold_users_among_warm_ones() -> None:
+    events = _with_newcomers(4) + [
+        Event(f"A{u}", A[7], "download", None, T0 + timedelta(days=1)) for u in range(3)
+    ]
+    split = split_by_time(encode_events(events), InteractionConfig(), cutoff=T0.timestamp())
+    evaluation = evaluate_split(split, ALS, k=3)
+    assert [row.users for row in evaluation.rows] == [7, 7]
+    assert evaluation.cold_users == 4
+
+
+@pytest.mark.parametrize(("k", "max_users"), [(0, 10), (-1, 10), (3, 0), (3, -1)])
+def test_evaluation_rejects_empty_cutoffs_and_user_samples(k: int, max_users: int) -> None:
+    split = split_by_time(
+        encode_events(_with_newcomers(2)), InteractionConfig(), cutoff=T0.timestamp()
+    )
+    with pytest.raises(ValueError, match=r"^(k|max_users) must be at least 1"):
+        evaluate_split(split, ALS, k=k, max_users=max_users)
