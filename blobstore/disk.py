@@ -164,11 +164,13 @@ class DiskBackend:
             try:
                 yield await asyncio.to_thread(_read_range, self._blob_path(digest), start, end)
             except FileNotFoundError:
+                self._info.pop(digest, None)
                 raise BlobNotFound(str(digest)) from None
             return
         try:
             f = await aiofiles.open(self._blob_path(digest), "rb")
         except FileNotFoundError:
+            self._info.pop(digest, None)  # removed behind this process (another's eviction)
             raise BlobNotFound(str(digest)) from None
         try:
             await f.seek(start)

@@ -212,22 +212,38 @@ class TieredStore:
         self, info: BlobInfo, cached: bool, start: int, end: int | None
     ) -> AsyncGenerator[bytes, None]:
         local = self.local_cache
-        if local is not None and self._ok(local):
+        if local is not None and self._ok(local) and local.accepts(info.size):
             if cached:
-                self._events.hit(local.name, (end or info.size) - start)
-            else:
-                self._events.miss(local.name)
-                fill = self._fills.get(info.digest)
-                if fill is None:  # this request leads: it reads as the copy goes
-                    async for chunk in self._start_fill(local, info).stream(start, end):
-                        yield chunk
+                chunks = local.open(info.digest, start, end)
+                try:
+                    first = await anext(chunks, b"")
+                except BlobNotFound:
+                    cached = False  # evicted (by another worker) since the stat: read below
+                else:
+                    self._events.hit(local.name, (end or info.size) - start)
+                    yield first
+                    async with contextlib.aclosing(chunks):
+                        async for chunk in chunks:
+                            yield chunk
                     return
-                self._events.flight_joined()
-                cached = await asyncio.shield(fill.done)
-            if cached:
+            self._events.miss(local.name)
+            fill = self._fills.get(info.digest)
+            if fill is None:  # this request leads: it reads as the copy goes
+                # Closed with the response, also when the client leaves: the copy then
+                # finishes without it (not whenever the generator happens to be collected).
+                async with contextlib.aclosing(
+                    self._start_fill(local, info).stream(start, end)
+                ) as streamed:
+                    async for chunk in streamed:
+                        yield chunk
+                return
+            self._events.flight_joined()
+            if await asyncio.shield(fill.done):
                 async for chunk in local.open(info.digest, start, end):
                     yield chunk
                 return
+        # A blob larger than half the cache is not cached: it would evict everything else,
+        # itself at the next sweep, and do so again at each GET.
         self._events.durable_read()
         async for chunk in self.durable.open(info.digest, start, end):
             yield chunk

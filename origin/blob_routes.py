@@ -206,22 +206,31 @@ async def _from_store(
     start: int,
     count: int,
 ) -> web.StreamResponse:
-    """The bytes as the store yields them: one write when they come in one chunk."""
-    chunks = request.app[STORE].open(digest, start, start + count)
-    try:
-        first = await anext(chunks, b"")
-    except BlobNotFound:
-        raise problems.not_found(f"no blob {digest}") from None
-    if len(first) == count:
-        await chunks.aclose()
-        return web.Response(status=status, headers=headers, body=first)
-    response = web.StreamResponse(status=status, headers=headers)
-    await response.prepare(request)
-    await response.write(first)
-    async for chunk in chunks:
-        await response.write(chunk)
-    await response.write_eof()
-    return response
+    """The bytes as the store yields them: one write when they come in one chunk. The store's
+    iterator is closed however the response ends (a client that leaves must not leave a cache
+    fill waiting on it), and a body that comes up short of ``count`` drops the connection, so
+    the client sees a failed download rather than waiting for the rest."""
+    async with contextlib.aclosing(request.app[STORE].open(digest, start, start + count)) as chunks:
+        try:
+            first = await anext(chunks, b"")
+        except BlobNotFound:
+            raise problems.not_found(f"no blob {digest}") from None
+        if len(first) == count:
+            return web.Response(status=status, headers=headers, body=first)
+        response = web.StreamResponse(status=status, headers=headers)
+        await response.prepare(request)
+        await response.write(first)
+        sent = len(first)
+        async for chunk in chunks:
+            await response.write(chunk)
+            sent += len(chunk)
+        if sent != count:
+            log.error("blob %s: the store gave %d of %d bytes", digest, sent, count)
+            if request.transport is not None:
+                request.transport.close()
+            raise ConnectionResetError(f"blob {digest} ended short")
+        await response.write_eof()
+        return response
 
 
 async def sha256_alias(request: web.Request) -> web.Response:

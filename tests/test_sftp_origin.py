@@ -217,3 +217,26 @@ def test_a_full_disk_cache_costs_the_cache_not_the_request(
         assert (status, part) == (206, big[7:100])
     finally:
         origin.stop()
+
+
+def test_a_client_that_leaves_a_cold_get_does_not_wedge_the_blob(
+    sftp_origin: LiveOrigin, sshd: SshdServer
+) -> None:
+    """The GET that leads a cache fill is left after its first bytes: the next GET of the blob
+    is served whole, the fill completes, and the origin still stops when asked (every later
+    GET hung, and the stop waited on the fill for ever)."""
+    data = os.urandom(8 << 20)
+    digest = b3(data)
+    assert http(sftp_origin, "PUT", f"/blobs/{digest}", data, auth(sftp_origin))[0] == 201
+    with connect(sftp_origin) as sock:
+        sock.sendall(request_head("GET", f"/blobs/{digest}", {}))
+        assert read_head(sock).startswith(b"HTTP/1.1 200")
+        sock.recv(65536)
+    assert http(sftp_origin, "GET", f"/blobs/{digest}") == (200, data)
+    cached = sftp_origin.data_dir / "cache" / "blobs" / digest[:2] / digest[2:4] / digest
+    wait_for(cached.exists, "the fill never completed")
+    assert cached.read_bytes() == data
+    assert not list((sftp_origin.data_dir / "cache" / "tmp").glob("*"))
+    started = time.monotonic()
+    sftp_origin.stop()
+    assert time.monotonic() - started < 20

@@ -154,7 +154,12 @@ def test_tier_health_backs_off_and_recovers(monkeypatch: pytest.MonkeyPatch) -> 
     health.failed(ConnectionError("refused"))
     now[0] += 1.5
     assert not health.healthy  # the second back-off is 2 s
-    for _ in range(5):
+    for _ in range(16):  # requests that were under way when it went down: the same outage
+        health.failed(ConnectionError("refused"))
+    assert (health.report().failures, health.report().retry_in) == (2, pytest.approx(0.5))
+    for _ in range(5):  # each failed probe doubles the back-off
+        now[0] += 5
+        assert health.healthy
         health.failed(ConnectionError("refused"))
     assert health.report().retry_in == pytest.approx(4.0)  # capped
     health.succeeded()
@@ -475,6 +480,50 @@ async def test_a_corrupt_copy_is_not_cached(tmp_path: Path) -> None:
         await asyncio.gather(*(read(chain, info.digest) for _ in range(3)))
         await chain.drain()
         assert await local.stat(info.digest) is None
+    finally:
+        await local.close()
+
+
+async def test_a_cached_blob_removed_behind_this_process_is_read_from_below(
+    tmp_path: Path,
+) -> None:
+    """Another worker's eviction deletes the file this one remembers: the read goes below
+    (it was a 404 for a blob the store holds)."""
+    chain, local, durable = await slow_chain(tmp_path)
+    try:
+        data = os.urandom(4 << 20)
+        info = await store_in(durable, data)
+        assert await read(chain, info.digest) == data
+        await chain.drain()
+        path = local.local_path(info.digest)
+        assert path is not None
+        assert await local.stat(info.digest) is not None  # remembered by this process
+        path.unlink()  # as another worker's sweep does
+        assert await read(chain, info.digest) == data
+        assert await read(chain, info.digest, 5, 10) == data[5:10]
+        await chain.drain()
+        assert path.read_bytes() == data  # and cached again
+    finally:
+        await local.close()
+
+
+async def test_a_blob_larger_than_half_the_cache_is_streamed_not_cached(tmp_path: Path) -> None:
+    durable = SlowDisk(tmp_path / "slow", chunk_size=1 << 20)
+    await durable.start()
+    local = DiskCache(tmp_path / "local", 4 << 20, maintain=False)
+    await local.start()
+    chain = TieredStore([], durable, local_cache=local)
+    try:
+        kept = await store_in(durable, os.urandom(1 << 20))
+        assert len(await read(chain, kept.digest)) == 1 << 20
+        await chain.drain()
+        big = os.urandom(3 << 20)
+        info = await store_in(durable, big)
+        assert await read(chain, info.digest) == big
+        await chain.drain()
+        # Caching it would have evicted everything else, and then itself.
+        assert await local.stat(info.digest) is None
+        assert await local.stat(kept.digest) is not None
     finally:
         await local.close()
 
