@@ -6,16 +6,23 @@ bytes, so ``stat`` reads only the header, a range is one ``GETRANGE`` of the byt
 in one ``GETRANGE``. Keys
 have no TTL: run Redis with ``maxmemory`` and ``maxmemory-policy allkeys-lru`` and let Redis
 evict (README, "Redis tier").
+
+Bytes read from Redis are checked against their BLAKE3 digest before anything is served or
+promoted (Redis is shared, writable by anything that can reach it, and a wrong answer under an
+immutable ETag lives in every edge cache for a year): a value that fails is deleted and counts
+as a miss. So a range is read as the whole value, which is at most ``max_object``.
 """
 
 from __future__ import annotations
 
+import logging
 import struct
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import cast
 
+import blake3
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -28,9 +35,12 @@ from blobstore import (
     Digest,
     Expectation,
     PutResult,
+    update_off_loop,
 )
 
 from .tier import collect_verified
+
+log = logging.getLogger(__name__)
 
 _MAGIC = b"OB1\x00"
 _FIXED = struct.Struct(">4sQ32sB")  # magic, size, sha256, content-type length
@@ -116,28 +126,25 @@ class RedisTier:
         info = decode_header(digest, value)
         if info is None:
             return None
-        if info.size > limit or len(value) != HEADER_SIZE + info.size:
+        if info.size > limit:
             return info, None
-        return info, value[HEADER_SIZE:]
+        data = value[HEADER_SIZE:]
+        hasher = blake3.blake3()
+        await update_off_loop(hasher.update, data)
+        if len(data) != info.size or hasher.hexdigest() != digest.hex:
+            log.warning("redis: the value of %s is not its blob; deleted", digest)
+            await self._redis.delete(self._key(digest))
+            return None
+        return info, data
 
     async def open(
         self, digest: Digest, start: int = 0, end: int | None = None
     ) -> AsyncGenerator[bytes, None]:
-        if end is None:
-            found = await self.fetch(digest, self.max_object)
-            if found is None or found[1] is None:
-                raise BlobNotFound(str(digest))
-            data = found[1]
-            yield data[start:] if start else data
-            return
-        if end <= start:
-            yield b""
-            return
-        first, last = HEADER_SIZE + start, HEADER_SIZE + end - 1
-        data = cast(bytes, await self._redis.getrange(self._key(digest), first, last))
-        if len(data) != end - start:  # evicted (or never here)
+        found = await self.fetch(digest, self.max_object)
+        if found is None or found[1] is None:
             raise BlobNotFound(str(digest))
-        yield data
+        data = found[1]
+        yield data[start:end] if start or end is not None else data
 
     async def put(
         self,

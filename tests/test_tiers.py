@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections import Counter
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +18,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from blobstore import BlobInfo, BlobNotFound, Digest, DiskBackend, Expectation
 from cache import DiskCache, MemoryTier, NoEvents, RedisTier, SingleFlight, TieredStore
 from cache.health import TierHealth
+from cache.redis_tier import HEADER_SIZE
 from origin import Config, create_app
 from origin.appkeys import STORE, TIERS
 
@@ -110,6 +111,42 @@ async def test_redis_tier_round_trip(redis_server: RedisServer) -> None:
         assert not tier.accepts((1 << 20) + 1)
     finally:
         await tier.close()
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        lambda v: v[:HEADER_SIZE] + os.urandom(len(v) - HEADER_SIZE),  # same size, other bytes
+        lambda v: v[:HEADER_SIZE] + v[HEADER_SIZE:-1],  # cut short
+        lambda v: v + b"x",  # too long
+    ],
+)
+async def test_a_spoilt_redis_value_is_never_served_or_promoted(
+    durable: DiskBackend, redis_server: RedisServer, spoil: Callable[[bytes], bytes]
+) -> None:
+    """Redis is shared: a value that is not its blob is a miss (and is deleted), so neither the
+    client nor the memory tier above ever sees it."""
+    redis = RedisTier(redis_server.url, max_object=1 << 20)
+    memory = MemoryTier(1 << 20, 1 << 20)
+    chain = TieredStore([memory, redis], durable)
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        data = os.urandom(100_000)
+        info = await store_in(durable, data)
+        await redis.admit(info, data)
+        key = f"origin:blob:{info.digest.hex}"
+        value = await client.get(key)
+        assert isinstance(value, bytes)
+        await client.set(key, spoil(value))
+        assert await read(chain, info.digest) == data
+        assert await read(chain, info.digest, 10, 20) == data[10:20]
+        await chain.drain()
+        held = memory.peek(info.digest)
+        assert held is None or held[1] == data
+        assert b"".join([c async for c in redis.open(info.digest)]) == data  # admitted anew
+    finally:
+        await client.aclose()
+        await redis.close()
 
 
 async def test_memory_tier_keeps_its_byte_bound() -> None:
