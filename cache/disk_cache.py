@@ -222,7 +222,6 @@ class DiskCache:
     async def evict(self) -> int:
         """Bring the cache under its bound; returns how many blobs were removed."""
         pinned = {d.hex for d in self._pins}
-        touched = self._take_touched()
         lock = self.root / "evict.lock"
 
         def choose(db: sqlite3.Connection) -> tuple[int, list[tuple[str, int]]]:
@@ -245,7 +244,8 @@ class DiskCache:
             try:
                 fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                return 0  # another worker is evicting
+                return 0  # another worker is evicting; this one's access times wait for later
+            touched = self._take_touched()  # only now: taken and then dropped, they were lost
             total, victims = await self._in_db(choose)
             for digest_hex, size in victims:
                 await self.store.delete(Digest(digest_hex))

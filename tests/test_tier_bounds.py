@@ -4,6 +4,7 @@ says it should, over any sequence of puts, reads, deletes and evictions."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import shutil
 import tempfile
@@ -186,5 +187,39 @@ async def test_a_blob_being_read_is_not_evicted(tmp_path: Path) -> None:
         assert first == data[0]
         await reader.aclose()
         assert cache.used_bytes <= 1000
+    finally:
+        await cache.close()
+
+
+async def test_access_times_survive_an_eviction_another_worker_holds(tmp_path: Path) -> None:
+    """Blobs a, b, c put in that order, then a read: while another worker holds the eviction
+    lock this worker's sweep gives way, and its record of that read must wait for its next
+    sweep, which then keeps a (the most recently used) and evicts b."""
+    now = [1000.0]
+    cache = DiskCache(tmp_path, 1000, maintain=False, clock=lambda: now[0])
+    await cache.start()
+    try:
+        digests = []
+        for n in range(3):
+            now[0] += 10
+
+            async def once(b: bytes = blob(n, 300)) -> AsyncIterator[bytes]:
+                yield b
+
+            digests.append((await cache.put(once())).info.digest)
+        now[0] += 10
+        assert await cache.stat(digests[0]) is not None  # a is used again
+        with (tmp_path / "evict.lock").open("w") as held:
+            fcntl.flock(held, fcntl.LOCK_EX)  # the other worker's sweep
+            assert await cache.evict() == 0
+
+        async def once() -> AsyncIterator[bytes]:
+            yield blob(3, 300)
+
+        now[0] += 10
+        await cache.put(once())  # over the bound now
+        assert await cache.evict() > 0
+        assert await cache.stat(digests[0]) is not None
+        assert await cache.stat(digests[1]) is None
     finally:
         await cache.close()
