@@ -213,11 +213,11 @@ async def test_access_times_survive_an_eviction_another_worker_holds(tmp_path: P
             fcntl.flock(held, fcntl.LOCK_EX)  # the other worker's sweep
             assert await cache.evict() == 0
 
-        async def once() -> AsyncIterator[bytes]:
+        async def fourth() -> AsyncIterator[bytes]:
             yield blob(3, 300)
 
         now[0] += 10
-        await cache.put(once())  # over the bound now
+        await cache.put(fourth())  # over the bound now
         assert await cache.evict() > 0
         assert await cache.stat(digests[0]) is not None
         assert await cache.stat(digests[1]) is None
