@@ -286,9 +286,14 @@ class TieredStore:
         for tier in targets:
             if tier is not source and tier.accepts(info.size) and self._ok(tier):
                 self._spawn(self._admit(tier, info, data))
+        local = self.local_cache
+        if source is self.durable and local is not None and self._ok(local):
+            # Small blobs too: with the durable store down, the disk serves what it holds,
+            # also once memory has let a small blob go.
+            self._spawn(self._admit(local, info, data))
         return data
 
-    async def _admit(self, tier: CacheTier, info: BlobInfo, data: bytes) -> None:
+    async def _admit(self, tier: CacheTier | DiskCache, info: BlobInfo, data: bytes) -> None:
         with contextlib.suppress(TierFailed):
             await self._guard(tier, tier.admit(info, data))
             self._events.promoted(tier.name)

@@ -565,6 +565,32 @@ async def test_a_blob_larger_than_half_the_cache_is_streamed_not_cached(tmp_path
         await local.close()
 
 
+async def test_small_blobs_read_from_the_durable_store_reach_the_disk_cache_too(
+    tmp_path: Path,
+) -> None:
+    """With the durable store remote, the disk serves what it holds when the store is down:
+    small blobs as well, once the memory tier has let them go."""
+    durable = SlowDisk(tmp_path / "slow", chunk_size=1 << 20)
+    await durable.start()
+    local = DiskCache(tmp_path / "local", 1 << 30, maintain=False)
+    await local.start()
+    memory = MemoryTier(1 << 20, 64 << 10)
+    chain = TieredStore([memory], durable, local_cache=local)
+    try:
+        data = os.urandom(20_000)
+        info = await store_in(durable, data)
+        assert await read(chain, info.digest) == data
+        await chain.drain()
+        assert await local.stat(info.digest) is not None
+        await memory.delete(info.digest)
+        path = durable.local_path(info.digest)
+        assert path is not None
+        path.unlink()  # the durable store has lost it: only the disk cache can answer
+        assert await read(chain, info.digest) == data
+    finally:
+        await local.close()
+
+
 async def test_exists_is_the_durable_store_s_answer(durable: DiskBackend, tmp_path: Path) -> None:
     """What POST /blobs/missing asks: copies in the caches of a blob the durable store no
     longer holds do not count."""
