@@ -1,11 +1,10 @@
 """Redis, shared by every origin node: whole small blobs as binary values under a key prefix.
 
 Each value is a fixed 128-byte header (magic, size, SHA-256, content type) followed by the
-bytes, so ``stat`` reads only the header, a range is one ``GETRANGE`` of the bytes, and
-``fetch`` reads the header and, for a blob small enough to go up to the memory tier, the bytes,
-in one ``GETRANGE``. Keys
-have no TTL: run Redis with ``maxmemory`` and ``maxmemory-policy allkeys-lru`` and let Redis
-evict (README, "Redis tier").
+bytes, so ``stat`` reads only the header, and ``fetch`` reads the header and, for a blob small
+enough to go up to the memory tier, the bytes, in one ``GETRANGE``. Keys have no TTL: run Redis
+with ``maxmemory`` and ``maxmemory-policy allkeys-lru`` and let Redis evict (README, "Redis
+tier").
 
 Bytes read from Redis are checked against their BLAKE3 digest before anything is served or
 promoted (Redis is shared, writable by anything that can reach it, and a wrong answer under an
