@@ -148,7 +148,6 @@ class RecommenderService:
         while True:  # the first read at once: the events since the cutoff, or all before a model
             try:
                 await self.recent.poll()
-                await self._count_recent_in_popularity()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -156,10 +155,12 @@ class RecommenderService:
             await asyncio.sleep(self._config.recommender_tail_interval)
 
     async def _count_recent_in_popularity(self) -> None:
-        """Events newer than the model count in its popularity ranking as this worker learns of
-        them, each once: an asset that became popular since the training, or new since, is
-        recommended to users without history before the next training (a model trained on no
-        events at all would otherwise answer everyone with nothing)."""
+        """Events newer than the model count in its popularity ranking, each once, every poll
+        interval: an asset that became popular since the training, or new since, is recommended
+        to users without history before the next training (a model trained on no events at all
+        would otherwise answer everyone with nothing). Not every tail interval: each count
+        clears the cached popularity answers, and under a fast ingest that cost a third of the
+        recommendations' throughput (docs/BENCHMARKS.md)."""
         loaded = self.loaded
         if loaded is None:
             self.recent.take_fresh()  # before a model, popularity is the catalog's
@@ -183,6 +184,7 @@ class RecommenderService:
             await asyncio.sleep(self._config.recommender_poll_interval)
             try:
                 await self.refresh()
+                await self._count_recent_in_popularity()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

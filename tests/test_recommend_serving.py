@@ -278,7 +278,7 @@ async def test_events_after_the_model_reach_its_popularity_ranking(
     await one.app[BUFFER].flush()
     for worker in (one, two):
         await worker.app[RECOMMENDER].refresh()  # the asset, as its poll would
-        for _ in range(100):  # the tail task counts what it reads
+        for _ in range(300):  # the poll task counts what the tail read, every poll interval
             answer = await recs(worker, "stranger")
             if answer["items"]:
                 break
