@@ -38,7 +38,8 @@ class TierHealth:
         self._last_error = f"{type(error).__name__}: {error}"
         if not self.healthy:
             # A request already under way when the tier went down: the same outage, not one
-            # more step (16 of them at once had backed a 0.2 s Redis restart off for 30 s).
+            # more step (under 16 concurrent requests, a 0.2 s Redis restart had backed the
+            # tier off for 29 s).
             return
         self._failures += 1
         backoff = min(self._cap, self._base * 2 ** (self._failures - 1))

@@ -242,8 +242,8 @@ class TieredStore:
                 async for chunk in local.open(info.digest, start, end):
                     yield chunk
                 return
-        # A blob larger than half the cache is not cached: it would evict everything else,
-        # itself at the next sweep, and do so again at each GET.
+        # No (healthy) local cache, or a blob larger than half of it, which caching would evict
+        # everything else for, itself at the next sweep, and again at each GET.
         self._events.durable_read()
         async for chunk in self.durable.open(info.digest, start, end):
             yield chunk

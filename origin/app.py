@@ -176,10 +176,9 @@ async def stop_store(tiered: TieredStore) -> None:
 
 
 def create_app(config: Config) -> web.Application:
-    # A backstop: JSON routes read through json_body.read_json, each with its own limit, and
-    # blob bodies stream.
-    json_limit = max(1 << 20, config.max_missing_batch * 80)
-    app = web.Application(middlewares=[request_middleware], client_max_size=json_limit)
+    # aiohttp's client_max_size (1 MiB) is not what bounds a body here: JSON routes read
+    # through json_body.read_json, each with its own limit, and blob bodies stream.
+    app = web.Application(middlewares=[request_middleware])
     app[CONFIG] = config
     tiered = build_store(config, PrometheusEvents())
     app[TIERS] = tiered

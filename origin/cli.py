@@ -15,7 +15,16 @@ from typing import Any, TypeVar
 import uvloop
 
 from .tokens import SCOPES
-from .uploader import KIND, Options, OriginUnusable, UsageError, collect, read_batch, upload
+from .uploader import (
+    KIND,
+    Options,
+    OriginUnusable,
+    UsageError,
+    collect,
+    read_batch,
+    read_text,
+    upload,
+)
 
 T = TypeVar("T")
 
@@ -121,7 +130,7 @@ def _upload_command(args: argparse.Namespace) -> int:
             raise UsageError(f"--manifest {args.manifest}: cannot write in {args.manifest.parent}")
         items = collect(args.paths, options)
         if args.batch is not None:
-            items += read_batch(_text_of(args.batch).splitlines(), str(args.batch))
+            items += read_batch(read_text(args.batch).splitlines(), str(args.batch))
     except (UsageError, OSError) as exc:
         print(f"origin upload: {exc}", file=sys.stderr)
         return 2
@@ -173,13 +182,6 @@ def _open_fraction(text: str) -> float:
     if not 0 < value < 1:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), not {text}")
     return value
-
-
-def _text_of(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise UsageError(f"{path}: not UTF-8 text ({exc.reason})") from None
 
 
 class Interrupted(Exception):

@@ -59,7 +59,8 @@ class RecentEvents:
         # user -> event id (as an int) -> _Kept
         self._by_user: dict[str, dict[int, _Kept]] = {}
         self.count = 0
-        # Kept since the last take_fresh, for the serving model's popularity ranking.
+        # Kept since the last take_fresh, for the serving model's popularity ranking (none
+        # before a model: the first model's count starts from ``everything``).
         self._fresh: list[tuple[str, _Kept]] = []
 
     def for_user(self, user: str) -> list[EventRecord]:
@@ -119,7 +120,8 @@ class RecentEvents:
             events = self._by_user[user] = {}
         if key not in events:
             self.count += 1
-            self._fresh.append((user, kept))
+            if self.cutoff is not None:
+                self._fresh.append((user, kept))
         events[key] = kept
 
     async def poll(self) -> int:

@@ -27,7 +27,7 @@ from .catalog import EventRecord, RecommenderCatalog
 from .downloads import Downloads
 from .events import EventBuffer
 from .expect import expecting
-from .json_body import read_json
+from .json_body import MAX_JSON_BODY, read_json
 from .problems import Problem
 from .recommendations import MAX_LIMIT, RecommenderService
 from .trainer import Trainer, TrainerBusy
@@ -183,7 +183,7 @@ async def post_events(request: web.Request) -> web.Response:
     token = await require(request, "write")
     config = request.app[CONFIG]
     limit = config.recommender_max_batch
-    doc = await read_json(request, max(1 << 20, limit * _BYTES_PER_EVENT))
+    doc = await read_json(request, max(MAX_JSON_BODY, limit * _BYTES_PER_EVENT))
     if not isinstance(doc, dict) or not isinstance(doc.get("events"), list):
         raise problems.bad_request("bad-json", 'expected {"events": [{"user": ..., ...}, ...]}')
     items: list[Any] = doc["events"]

@@ -163,8 +163,7 @@ class RecommenderService:
         recommendations' throughput (docs/BENCHMARKS.md)."""
         loaded = self.loaded
         if loaded is None:
-            self.recent.take_fresh()  # before a model, popularity is the catalog's
-            return
+            return  # before a model, popularity is the catalog's
         if self._popularity_of is not loaded:  # a new model: all the events after its cutoff
             events = self.recent.everything()
             self._popularity_of = loaded

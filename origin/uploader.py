@@ -111,9 +111,10 @@ def _patterns(lines: Iterable[str], source: str) -> pathspec.PathSpec[pathspec.P
         raise UsageError(f"{source}: {exc}") from None
 
 
-def _ignore_patterns(path: Path) -> pathspec.PathSpec[pathspec.Pattern]:
+def read_text(path: Path) -> str:
+    """An ignore or batch file; one that is not UTF-8 is a usage error."""
     try:
-        return _patterns(path.read_text(encoding="utf-8").splitlines(), str(path))
+        return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise UsageError(f"{path}: not UTF-8 text ({exc.reason})") from None
 
@@ -130,7 +131,7 @@ def collect(paths: Sequence[str], options: Options) -> list[Item]:
             spec = excludes
             ignore = root / options.ignore_file
             if ignore.is_file():
-                spec = spec + _ignore_patterns(ignore)
+                spec = spec + _patterns(read_text(ignore).splitlines(), str(ignore))
 
             def unlisted(exc: OSError, root: Path = root) -> None:
                 path = Path(exc.filename)
