@@ -19,6 +19,7 @@ from .expect import expecting
 from .json_body import MAX_JSON_BODY, read_json
 from .jsonld import LD_JSON, asset_document, asset_json
 from .problems import Problem
+from .query import page_limit
 from .recommend_routes import note_content_download
 
 _KIND = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
@@ -177,15 +178,11 @@ async def patch_asset(request: web.Request) -> web.Response:
 
 async def list_assets(request: web.Request) -> web.Response:
     query = request.query
+    limit = page_limit(query, default=50, maximum=_MAX_PAGE)
     try:
-        limit = int(query.get("limit", "50"))
         after = uuid.UUID(query["after"]) if "after" in query else None
     except ValueError:
-        raise problems.bad_request(
-            "bad-query", "limit must be a number, after an asset id"
-        ) from None
-    if not 1 <= limit <= _MAX_PAGE:
-        raise problems.bad_request("bad-query", f"limit must be 1 to {_MAX_PAGE}")
+        raise problems.bad_request("bad-query", "after must be an asset id") from None
     page = await request.app[CATALOG].list_assets(
         kind=query.get("kind"),
         owner=query.get("owner"),

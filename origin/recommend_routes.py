@@ -29,6 +29,7 @@ from .events import EventBuffer
 from .expect import expecting
 from .json_body import MAX_JSON_BODY, read_json
 from .problems import Problem
+from .query import page_limit
 from .recommendations import MAX_LIMIT, RecommenderService
 from .trainer import Trainer, TrainerBusy
 
@@ -258,12 +259,7 @@ def _parse_limit_and_kind(query_string: str) -> tuple[int, str | None]:
     MultiDict costs more than the whole stored-list lookup. A bad one raises (not cached)."""
     # The parser behind request.query, on the same raw string.
     query = URL.build(query_string=query_string, encoded=True).query
-    try:
-        limit = int(query.get("limit", "10"))
-    except ValueError:
-        raise problems.bad_request("bad-query", "limit must be a number") from None
-    if not 1 <= limit <= MAX_LIMIT:
-        raise problems.bad_request("bad-query", f"limit must be 1 to {MAX_LIMIT}")
+    limit = page_limit(query, default=10, maximum=MAX_LIMIT)
     return limit, query.get("kind") or None
 
 

@@ -15,7 +15,11 @@ from typing import Any
 import blake3
 import pytest
 from aiohttp import ClientResponse
+from hypothesis import given
+from hypothesis import strategies as st
 
+from origin.problems import Problem
+from origin.query import page_limit
 from origin.recommend_routes import BUFFER
 
 from .conftest import AUTH, Client
@@ -168,3 +172,21 @@ async def test_json_routes_send_100_continue(client: Client) -> None:
     )
     assert resp.status == 200
     assert (await resp.json())["missing"] == ["0" * 64]
+
+
+@pytest.mark.parametrize("raw", ["\uff15", "+5", " 5", "5_0", "-1", "1e2", "", "0"])
+@pytest.mark.parametrize("path", ["/assets", "/users/u1/recommendations"])
+async def test_a_limit_is_ascii_digits_only(client: Client, path: str, raw: str) -> None:
+    # int() takes all of these but "1e2" and "": one answer under many cache keys.
+    await problem(await client.get(path, params={"limit": raw}), 400, "bad-query")
+    assert (await client.get(path, params={"limit": "5"})).status == 200
+
+
+@given(st.text(max_size=12))
+def test_page_limit_takes_exactly_the_ascii_numbers_in_range(raw: str) -> None:
+    in_range = raw.isascii() and raw.isdigit() and 1 <= int(raw) <= 500
+    try:
+        assert page_limit({"limit": raw}, default=50, maximum=500) == int(raw)
+        assert in_range
+    except Problem:
+        assert not in_range
