@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -57,6 +58,8 @@ _SENDFILE_MIN = 64 * 1024
 _HEAD = 64 * 1024
 # A PUT of a larger body asks the store whether it has the blob before reading the body.
 _ASK_FIRST_ABOVE = 1 << 20
+# RFC 6838 4.2: type and subtype names of at most 127 characters, RFC 9110 token characters.
+_MEDIA_TYPE = re.compile(r"(?a)[!#$%&'*+.^_`|~\w-]{1,127}/[!#$%&'*+.^_`|~\w-]{1,127}")
 _FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
 
 
@@ -321,7 +324,17 @@ def _stored(result: PutResult) -> web.Response:
 
 def _content_type(request: web.Request) -> str:
     """The media type to serve the blob with. HTTP libraries label a raw body with form types
-    by default (curl, urllib); those describe the request, not a 3D asset, so they are dropped."""
+    by default (curl, urllib); those describe the request, not a 3D asset, so they are dropped.
+
+    The header must be a media type (RFC 9110 8.3.1; parameters are not kept): aiohttp turns
+    "foo" into application/octet-stream and keeps "a/" or non-ASCII as written, which every
+    later GET would then send back (and the Redis tier can hold only latin-1)."""
+    raw = request.headers.get("Content-Type", "")
+    if raw.strip() and _MEDIA_TYPE.fullmatch(raw.partition(";")[0].strip()) is None:
+        raise problems.bad_request(
+            "bad-content-type", f"Content-Type must be a media type such as model/gltf-binary, "
+            f"not {raw[:200]!r}"
+        )  # fmt: skip
     declared = request.content_type
     return DEFAULT_CONTENT_TYPE if declared in _FORM_TYPES else declared
 

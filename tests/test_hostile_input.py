@@ -22,7 +22,7 @@ from origin.problems import Problem
 from origin.query import page_limit
 from origin.recommend_routes import BUFFER
 
-from .conftest import AUTH, Client
+from .conftest import ADMIN_TOKEN, AUTH, Client
 
 DEEP = "[" * 100_000 + "]" * 100_000
 
@@ -190,3 +190,38 @@ def test_page_limit_takes_exactly_the_ascii_numbers_in_range(raw: str) -> None:
         assert in_range
     except Problem:
         assert not in_range
+
+
+@pytest.mark.parametrize(
+    "declared", [b"foo", b"a/", b"/", b"model/b c", "model/\u65e5\u672c".encode()]
+)
+async def test_a_content_type_that_is_no_media_type_is_a_400_and_stores_nothing(
+    client: Client, declared: bytes
+) -> None:
+    data = os.urandom(100)
+    digest = blake3.blake3(data).hexdigest()
+    status, _, body = await raw_exchange(
+        client,
+        f"PUT /blobs/{digest} HTTP/1.1\r\nHost: origin\r\nContent-Length: {len(data)}\r\n"
+        f"Authorization: Bearer {ADMIN_TOKEN}\r\nConnection: close\r\n".encode()
+        + b"Content-Type: " + declared + b"\r\n\r\n" + data,
+    )  # fmt: skip
+    assert status == 400, body
+    assert json.loads(body)["type"] == "/problems/bad-content-type"
+    assert (await client.head(f"/blobs/{digest}")).status == 404
+
+
+@pytest.mark.parametrize(
+    ("declared", "served"),
+    [("Model/GLTF-Binary; x=1", "model/gltf-binary"), ("", "application/octet-stream")],
+)
+async def test_a_media_type_is_kept_without_its_parameters(
+    client: Client, declared: str, served: str
+) -> None:
+    data = os.urandom(100)
+    digest = blake3.blake3(data).hexdigest()
+    resp = await client.put(
+        f"/blobs/{digest}", data=data, headers={**AUTH, "Content-Type": declared}
+    )
+    assert resp.status == 201
+    assert (await client.get(f"/blobs/{digest}")).headers["Content-Type"] == served
