@@ -8,8 +8,12 @@ Back-pressure: the buffer holds at most ``recommender_buffer_size`` events. ``pu
 /events) waits until the whole batch fits, so when the catalog is slow or down clients see
 slow answers instead of the worker growing without bound. ``offer`` (downloads) never waits:
 a download must not stall because the catalog is slow, so when the buffer is full the event is
-dropped and counted (``origin_events_dropped_total``). A batch the catalog refused stays in the
-buffer and is tried again after a back-off. On graceful shutdown everything left is written.
+dropped and counted (``origin_events_dropped_total``). A batch the catalog could not write
+(down, busy) stays in the buffer and is tried again after a back-off. A batch it refuses for
+what the rows hold (``catalog.is_refused``: a value too long, a byte the encoding lacks) would
+fail every retry and hold up every later event, so it is split in halves until the refused
+events are alone; those are logged and dropped (``origin_events_rejected_total``), the rest
+written. On graceful shutdown everything left is written.
 
 Events a worker accepted are visible to its own recommendations at once (``pending_for``),
 before they reach the catalog; other workers see them once written (within
@@ -26,13 +30,17 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from prometheus_client import Counter
 
-from .catalog import EventRecord
+from .catalog import EventRecord, is_refused
 
 log = logging.getLogger(__name__)
 
 EVENTS_WRITTEN = Counter("origin_events_written_total", "Usage events written to the catalog")
 EVENTS_DROPPED = Counter(
     "origin_events_dropped_total", "Download events dropped because the event buffer was full"
+)
+
+EVENTS_REJECTED = Counter(
+    "origin_events_rejected_total", "Usage events dropped because the catalog refused them"
 )
 
 Sink = Callable[[Sequence[EventRecord]], Awaitable[None]]
@@ -58,6 +66,7 @@ class EventBuffer:
         self._closing = False  # one batch at a time: flush() may race the writer
         self.written = 0
         self.dropped = 0
+        self.rejected = 0
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -124,7 +133,7 @@ class EventBuffer:
 
     async def _write_batch(self) -> None:
         batch = [self._queue[i] for i in range(min(self._batch_size, len(self._queue)))]
-        await self._sink(batch)
+        rejected = await self._write_or_reject(batch)
         # Only now: until the catalog has them, the events stay visible in pending_for.
         for _ in batch:
             self._queue.popleft()
@@ -135,10 +144,30 @@ class EventBuffer:
                 self._by_user[user] = left
             else:
                 del self._by_user[user]
-        self.written += len(batch)
-        EVENTS_WRITTEN.inc(len(batch))
+        self.written += len(batch) - rejected
+        EVENTS_WRITTEN.inc(len(batch) - rejected)
         async with self._space:
             self._space.notify_all()
+
+    async def _write_or_reject(self, batch: list[EventRecord]) -> int:
+        """Write ``batch`` but the events the catalog refuses; returns how many it refused.
+        A half written before a later half fails is written again on the retry, which the
+        sink allows (events carry their ids; rows already there are skipped)."""
+        try:
+            await self._sink(batch)
+            return 0
+        except Exception as exc:
+            if not is_refused(exc):
+                raise
+            if len(batch) == 1:
+                (event,) = batch
+                log.error("the catalog refused event %s (user %r, asset %s), dropped: %s",
+                          event.id, event.user[:100], event.asset, exc)  # fmt: skip
+                self.rejected += 1
+                EVENTS_REJECTED.inc()
+                return 1
+        half = len(batch) // 2
+        return await self._write_or_reject(batch[:half]) + await self._write_or_reject(batch[half:])
 
     async def flush(self) -> None:
         """Write everything buffered now (the admin's "train now" wants the latest events)."""

@@ -20,6 +20,7 @@ from origin.events import EventBuffer
 from origin.recommend_routes import BUFFER, DOWNLOADS
 
 from .conftest import ADMIN_TOKEN, AUTH, Client
+from .postgres_server import PostgresServer
 
 
 def rcatalog(api: Client) -> RecommenderCatalog:
@@ -224,6 +225,33 @@ async def test_failed_writes_are_kept_and_shutdown_flushes() -> None:
     await buffer2.close()  # long before the interval: shutdown writes what is left
     assert sum(sink.batches) == 37
     await buffer.close()
+
+
+async def test_events_the_catalog_refuses_are_dropped_and_the_rest_written(
+    postgres: PostgresServer,
+) -> None:
+    # Only PostgreSQL refuses these (SQLite keeps any length and NUL). Routes check users
+    # before they reach the buffer; this is the buffer's own guard for what gets past them.
+    catalog = Catalog.connect(postgres.create_database())
+    await upgrade(catalog.engine)
+    events = RecommenderCatalog(catalog.engine)
+    buffer = EventBuffer(events.add_events, capacity=100, batch_size=50, flush_interval=0.01)
+    buffer.start()
+    batch = [_event() for _ in range(20)]
+    batch[3] = _event("u" * 300)  # longer than the column: SQLSTATE 22001
+    batch[17] = _event("a\x00b")  # no NUL in PostgreSQL text: 22021
+    await buffer.put(batch)
+    for _ in range(200):  # before, the batch failed every retry and held up all later events
+        if not len(buffer):
+            break
+        await asyncio.sleep(0.05)
+    late = _event()
+    await buffer.put([late])
+    await buffer.close()
+    assert (buffer.written, buffer.rejected) == (19, 2)
+    stored_ids = {e.id for page in [p async for p in events.event_pages()] for e in page}
+    assert stored_ids == {e.id for e in batch if e.user == "u"} | {late.id}
+    await catalog.close()
 
 
 async def test_events_are_flushed_when_the_app_shuts_down(catalog_url: str, tmp_path: Path) -> None:

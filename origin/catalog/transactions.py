@@ -13,7 +13,7 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,15 @@ def is_retryable(error: DBAPIError) -> bool:
     text = str(error.orig).lower()
     # SQLite: another writer holds the lock; CockroachDB also says so in the message.
     return "database is locked" in text or "restart transaction" in text
+
+
+def is_refused(error: BaseException) -> bool:
+    """The database refuses these rows for what they hold (SQLSTATE class 22, data exception:
+    a value too long, a byte the encoding lacks; 23, a constraint), so writing them again can
+    never succeed. asyncpg's errors reach SQLAlchemy as plain DBAPIError, hence the code."""
+    if isinstance(error, DataError | IntegrityError):
+        return True
+    return isinstance(error, DBAPIError) and (sqlstate(error) or "")[:2] in ("22", "23")
 
 
 async def transaction(
