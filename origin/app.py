@@ -41,12 +41,34 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
             record_request(request, exc.status, start)
             raise
         response = await _problem_response(request, from_http_exception(exc))
-    except ConnectionError:
-        raise
     except Exception as exc:
-        response = await _problem_response(request, for_exception(exc, request))
+        if _client_gone(request):
+            response = _dropped(499)
+        elif request.writer.output_size:
+            # The status line and part of the body are out: a problem response written now
+            # would land inside the body, and the client would wait for the rest. Dropping
+            # the connection makes it a failed download.
+            log.error("%s %s failed after its response began: %r",
+                      request.method, request.path, exc)  # fmt: skip
+            assert request.transport is not None
+            request.transport.close()
+            response = _dropped(500)
+        else:
+            response = await _problem_response(request, for_exception(exc, request))
     record_request(request, response.status, start)
     return response
+
+
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+def _dropped(status: int) -> web.Response:
+    """What is handed back for a connection that is closed: aiohttp's write of it fails as a
+    lost connection, which it takes quietly (access log only). Raising instead has aiohttp log
+    a traceback for every client that leaves mid-request. 499 is nginx's "client closed"."""
+    return web.Response(status=status)
 
 
 async def _problem_response(request: web.Request, problem: Problem) -> web.Response:

@@ -211,8 +211,9 @@ async def _from_store(
 ) -> web.StreamResponse:
     """The bytes as the store yields them: one write when they come in one chunk. The store's
     iterator is closed however the response ends (a client that leaves must not leave a cache
-    fill waiting on it), and a body that comes up short of ``count`` drops the connection, so
-    the client sees a failed download rather than waiting for the rest."""
+    fill waiting on it), and a body that comes up short of ``count`` fails, which drops the
+    connection (``app.request_middleware``): the client sees a failed download rather than
+    waiting for the rest."""
     async with contextlib.aclosing(request.app[STORE].open(digest, start, start + count)) as chunks:
         try:
             first = await anext(chunks, b"")
@@ -228,10 +229,8 @@ async def _from_store(
             await response.write(chunk)
             sent += len(chunk)
         if sent != count:
-            log.error("blob %s: the store gave %d of %d bytes", digest, sent, count)
-            if request.transport is not None:
-                request.transport.close()
-            raise ConnectionResetError(f"blob {digest} ended short")
+            # The middleware drops the connection of a response that fails once begun.
+            raise RuntimeError(f"blob {digest}: the store gave {sent} of {count} bytes")
         await response.write_eof()
         return response
 
