@@ -16,9 +16,10 @@ from blobstore import NEVER_STORED, DiskBackend, SftpBackend
 from cache import CacheEvents, CacheTier, DiskCache, MemoryTier, RedisTier, TieredStore
 
 from . import asset_routes, blob_routes, recommend_routes
-from .appkeys import CATALOG, CONFIG, STORE, TIERS, TOKENS
+from .appkeys import CATALOG, CONFIG, IN_FLIGHT, STORE, TIERS, TOKENS
 from .catalog import Catalog, check_schema, current_revision, upgrade
 from .config import Config
+from .inflight import InFlight
 from .metrics import PrometheusEvents, flush_periodically, metrics_handler, record_request
 from .problems import Problem, for_exception, from_http_exception
 from .tokens import Tokens
@@ -34,6 +35,8 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
     the 4 KiB GET path.
     """
     start = time.perf_counter()
+    in_flight = request.app[IN_FLIGHT]
+    in_flight.begin()
     try:
         response = await handler(request)
     except web.HTTPException as exc:
@@ -55,6 +58,10 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
             response = _dropped(500)
         else:
             response = await _problem_response(request, for_exception(exc, request))
+    finally:
+        in_flight.end()
+    if in_flight.draining:
+        response.force_close()
     record_request(request, response.status, start)
     return response
 
@@ -202,6 +209,7 @@ def create_app(config: Config) -> web.Application:
     # through json_body.read_json, each with its own limit, and blob bodies stream.
     app = web.Application(middlewares=[request_middleware])
     app[CONFIG] = config
+    app[IN_FLIGHT] = InFlight()
     tiered = build_store(config, PrometheusEvents())
     app[TIERS] = tiered
     app[STORE] = tiered

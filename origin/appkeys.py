@@ -9,6 +9,7 @@ from cache import TieredStore
 
 from .catalog import Catalog
 from .config import Config
+from .inflight import InFlight
 from .tokens import Tokens
 
 CONFIG = web.AppKey("config", Config)
@@ -16,3 +17,4 @@ STORE = web.AppKey("store", BlobBackend)
 TOKENS = web.AppKey("tokens", Tokens)
 CATALOG = web.AppKey("catalog", Catalog)
 TIERS = web.AppKey("tiers", TieredStore)
+IN_FLIGHT = web.AppKey("in_flight", InFlight)

@@ -8,6 +8,7 @@ and on SIGTERM or SIGINT stops them all gracefully (in-flight requests finish).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import logging
 import multiprocessing
@@ -26,12 +27,18 @@ import uvloop
 from aiohttp import web
 
 from .app import create_app
+from .appkeys import IN_FLIGHT
 from .config import Config
 
 log = logging.getLogger(__name__)
 
 _READY_TIMEOUT = 30.0
-_SHUTDOWN_TIMEOUT = 30.0
+# At SIGTERM, 30 s in all: the handlers under way may take 20 s to finish (an upload's body
+# must still arrive, origin.inflight), then aiohttp 10 s to write the answers handed to it (a
+# download's body) and close.
+_DRAIN_TIMEOUT = 20.0
+_CLOSE_TIMEOUT = 10.0
+_SHUTDOWN_TIMEOUT = _DRAIN_TIMEOUT + _CLOSE_TIMEOUT
 _PR_SET_PDEATHSIG = 1
 
 
@@ -46,10 +53,11 @@ def reserve_port(host: str, port: int) -> socket.socket:
 
 
 async def _run_worker(config: Config, port: int, on_ready: Callable[[], None]) -> None:
+    app = create_app(config)
     runner = web.AppRunner(
-        create_app(config),
+        app,
         access_log=logging.getLogger("origin.access") if config.access_log else None,
-        shutdown_timeout=_SHUTDOWN_TIMEOUT,
+        shutdown_timeout=_CLOSE_TIMEOUT,
         # Larger socket reads mean fewer, bigger chunks on the upload path.
         read_bufsize=1 << 20,
     )
@@ -62,6 +70,16 @@ async def _run_worker(config: Config, port: int, on_ready: Callable[[], None]) -
         loop.add_signal_handler(sig, stop.set)
     on_ready()
     await stop.wait()
+    # No new connections (the kernel gives them to the port's other sockets), then the
+    # requests under way finish, uploads included, before aiohttp closes what is left
+    # (origin.inflight says why it must not come first).
+    await site.stop()
+    in_flight = app[IN_FLIGHT]
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(_DRAIN_TIMEOUT):
+            await in_flight.drain()
+    if in_flight.count:
+        log.warning("stopping with %d request(s) still under way", in_flight.count)
     await runner.cleanup()
 
 

@@ -15,7 +15,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from blobstore import BackendUnavailable
 from origin import Config
 from origin.app import request_middleware
-from origin.appkeys import CONFIG
+from origin.appkeys import CONFIG, IN_FLIGHT
+from origin.inflight import InFlight
 
 from .conftest import LiveOrigin
 from .test_live_server import auth, b3, connect, http, request_head
@@ -31,6 +32,7 @@ async def test_a_failure_after_the_answer_began_drops_the_connection(config: Con
 
     app = web.Application(middlewares=[request_middleware])
     app[CONFIG] = config
+    app[IN_FLIGHT] = InFlight()
     app.router.add_get("/", handler)
     async with TestClient(TestServer(app)) as client:
         reader, writer = await asyncio.open_connection("127.0.0.1", client.port)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -106,6 +107,37 @@ def test_sigkill_mid_upload_leaves_no_blob_and_keeps_acknowledged(live_origin: L
     assert not (live_origin.data_dir / "blobs" / digest[:2] / digest[2:4] / digest).exists()
     for known, data in acknowledged.items():
         assert http(live_origin, "GET", f"/blobs/{known}") == (200, data)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_mid_upload_lets_it_finish(tmp_path: Path, workers: int) -> None:
+    origin = LiveOrigin(data_dir=tmp_path / "data", workers=workers).start()
+    try:
+        data = os.urandom(16 << 20)
+        with connect(origin) as sock:
+            headers = {**auth(origin), "Content-Length": str(len(data))}
+            sock.sendall(request_head("PUT", f"/blobs/{b3(data)}", headers))
+            pieces = [data[i : i + (1 << 20)] for i in range(0, len(data), 1 << 20)]
+            sock.sendall(pieces[0])
+            time.sleep(0.3)
+            assert origin.proc is not None
+            stopped_at = time.monotonic()
+            origin.proc.send_signal(signal.SIGTERM)
+            for piece in pieces[1:]:  # the rest of the body arrives after the signal
+                time.sleep(0.05)
+                sock.sendall(piece)
+            sock.settimeout(15)
+            head = read_head(sock)
+        # Before, aiohttp dropped the bytes that came after SIGTERM: no answer, the upload
+        # lost, and the worker waited out its 30 s shutdown timeout.
+        assert head.startswith(b"HTTP/1.1 201"), head
+        assert b"connection: close" in head.lower()
+        origin.proc.wait(15)
+        assert time.monotonic() - stopped_at < 10
+        origin.start()
+        assert http(origin, "GET", f"/blobs/{b3(data)}") == (200, data)
+    finally:
+        origin.stop()
 
 
 # -- raw HTTP/1.1: Expect and the Godot drain ------------------------------------------------
