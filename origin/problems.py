@@ -15,7 +15,7 @@ from aiohttp import web
 
 from blobstore import BackendUnavailable
 
-from .catalog import CatalogBusy
+from .catalog import CatalogBusy, is_full
 
 PROBLEM_JSON = "application/problem+json"
 log = logging.getLogger(__name__)
@@ -120,9 +120,13 @@ def for_exception(exc: Exception, request: web.BaseRequest) -> Problem:
     if isinstance(exc, CatalogBusy):
         return Problem(503, "busy", "Try again", str(exc), headers={"Retry-After": "1"})
     if isinstance(exc, BackendUnavailable):
+        writing = request.method not in ("GET", "HEAD")
         return Problem(
-            503, "store-unavailable", "Storage unavailable", f"nothing was stored: {exc}",
-            headers={"Retry-After": "5"},
+            503, "store-unavailable", "Storage unavailable",
+            f"nothing was stored: {exc}" if writing else str(exc), headers={"Retry-After": "5"},
         )  # fmt: skip
+    if is_full(exc):
+        # A blob already in the store is recorded by the next upload of it (blob_routes).
+        return Problem(507, "storage-full", "Insufficient storage", "the catalog's disk is full")
     log.error("unhandled error in %s %s", request.method, request.path, exc_info=exc)
     return Problem(500, "internal", "Internal server error", "the server log has details")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -16,6 +17,7 @@ from aiohttp.test_utils import TestClient
 from blobstore import Digest, DiskBackend
 from origin import Config
 from origin.appkeys import CATALOG, STORE, TOKENS
+from origin.catalog import Catalog, upgrade
 
 from .conftest import AUTH, Client
 
@@ -540,3 +542,37 @@ async def test_backends_without_local_files_stream_chunks(config: Config) -> Non
         part = await remote.get(f"/blobs/{digest}", headers={"Range": "bytes=4000-9000"})
         assert part.status == 206
         assert await part.read() == data[4000:9001]
+
+
+async def test_a_full_catalog_disk_is_507_and_the_retry_records_the_blob(
+    tiny_fs: Path, tmp_path: Path
+) -> None:
+    from aiohttp.test_utils import TestServer
+
+    from origin import create_app
+
+    from .conftest import ADMIN_TOKEN
+
+    config = Config(
+        data_dir=tmp_path / "data", admin_token=ADMIN_TOKEN,
+        database_url=f"sqlite+aiosqlite:///{tiny_fs / 'catalog.sqlite'}",
+    ).validate()  # fmt: skip
+    assert config.database_url is not None
+    catalog = Catalog.connect(config.database_url)
+    await upgrade(catalog.engine)
+    await catalog.close()
+    async with TestClient(TestServer(create_app(config))) as client:
+        filler = tiny_fs / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+        with contextlib.suppress(OSError):
+            while os.write(fd, b"\0" * 4096):
+                pass
+        os.close(fd)
+        data = os.urandom(50_000)
+        # Before, SQLite's "database or disk is full" was a 500 internal error.
+        await problem(await client.put(f"/blobs/{b3(data)}", data=data, headers=AUTH), 507,
+                      "storage-full")  # fmt: skip
+        filler.unlink()
+        resp = await client.put(f"/blobs/{b3(data)}", data=data, headers=AUTH)
+        assert resp.status in (200, 201)
+        assert (await client.get(f"/blobs/{b3(data)}")).status == 200

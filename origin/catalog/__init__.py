@@ -26,7 +26,7 @@ from .records import (
     VersionConflict,
 )
 from .store import Catalog, create_engine, merge_patch
-from .transactions import CatalogBusy, is_refused, transaction
+from .transactions import CatalogBusy, is_full, is_refused, transaction
 
 __all__ = [
     "Asset",
@@ -51,6 +51,7 @@ __all__ = [
     "current_revision",
     "downgrade",
     "head_revision",
+    "is_full",
     "is_refused",
     "merge_patch",
     "transaction",

@@ -57,6 +57,13 @@ def is_refused(error: BaseException) -> bool:
     return isinstance(error, DBAPIError) and (sqlstate(error) or "")[:2] in ("22", "23")
 
 
+def is_full(error: BaseException) -> bool:
+    """The database's disk is full: PostgreSQL's SQLSTATE 53100, SQLite's SQLITE_FULL."""
+    if not isinstance(error, DBAPIError):
+        return False
+    return sqlstate(error) == "53100" or "database or disk is full" in str(error.orig).lower()
+
+
 async def transaction(
     engine: AsyncEngine,
     work: Callable[[AsyncConnection], Awaitable[T]],
