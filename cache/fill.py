@@ -1,21 +1,31 @@
 """Copy a blob into the local cache while the request that asked for it reads the same bytes.
 
 The first byte of a cold GET does not wait for the whole blob to reach the local disk: each
-chunk read from below goes both to the client and, through a small queue, to the cache's
-``put`` (which hashes and verifies it like any upload). If the client goes away, the copy
-finishes without it. Other requests for the same blob wait for ``done`` and then read the
-cached file, so the durable store is read once.
+chunk read from below goes, through a small queue, to the cache's ``put`` (which hashes and
+verifies it like any upload), and through another to the request that leads.
+
+The copy goes at the pace of the store and the disk, never at the client's: a client that
+stops reading (a phone in a tunnel) must not hold up the copy that every other request for the
+blob waits for. When the leading client falls ``_LEAD_CHUNKS`` behind, it is let go and
+continues from where it is with ``rest`` (the cached file once the copy is done, or the store
+below if it failed). If the client goes away, the copy finishes without it. Other requests for
+the same blob wait for ``done`` and then read the cached file, so the durable store is read
+once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 
 log = logging.getLogger(__name__)
 
 _END = None
+_LEAD_CHUNKS = 8  # what a slow leading client may have waiting for it before it is let go
+
+Item = bytes | BaseException | None
 
 
 class LocalFill:
@@ -25,10 +35,12 @@ class LocalFill:
         store: Callable[[AsyncIterator[bytes]], Awaitable[object]],
     ) -> None:
         self._source = source
-        self._feed: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(maxsize=8)
-        self.done: asyncio.Future[bool] = asyncio.ensure_future(self._store(store))
-        self._rest: asyncio.Task[None] | None = None
+        self._feed: asyncio.Queue[Item] = asyncio.Queue(maxsize=8)
+        self._lead: asyncio.Queue[Item] = asyncio.Queue(maxsize=_LEAD_CHUNKS)
+        self._lead_let_go = False  # the leading client fell behind, or left
         self._fed_all = False  # the store has taken the last item (the end, or an error)
+        self.done: asyncio.Future[bool] = asyncio.ensure_future(self._store(store))
+        self._copy = asyncio.ensure_future(self._read_source())
 
     async def _store(self, store: Callable[[AsyncIterator[bytes]], Awaitable[object]]) -> bool:
         try:
@@ -37,7 +49,7 @@ class LocalFill:
         except Exception as exc:
             log.warning("local cache fill failed, serving from below: %s", exc)
             if not self._fed_all:
-                async for _ in self._drain():  # keep taking chunks so the reader never blocks
+                async for _ in self._drain():  # keep taking chunks so the copy never blocks
                     pass
             return False
 
@@ -49,35 +61,53 @@ class LocalFill:
             yield item
         self._fed_all = True
 
-    async def stream(self, start: int = 0, end: int | None = None) -> AsyncGenerator[bytes, None]:
-        """Bytes ``[start, end)`` for the leading request, as they arrive from below."""
-        pos = 0
+    async def _read_source(self) -> None:
         try:
             async for chunk in self._source:
-                await self._feed.put(chunk)
-                stop = pos + len(chunk) if end is None else min(end, pos + len(chunk))
-                if max(start, pos) < stop:
-                    yield chunk[max(start, pos) - pos : stop - pos]
-                pos += len(chunk)
-                if end is not None and pos >= end:
-                    break  # the range is served; the rest of the copy need not hold it up
-            else:
-                await self._feed.put(_END)
-                return
-            self._rest = asyncio.ensure_future(self._finish())
-        except GeneratorExit:
-            # The client went away (or had its range): finish the copy without it.
-            self._rest = asyncio.ensure_future(self._finish())
-            raise
-        except BaseException as exc:
-            await self._feed.put(exc)
-            raise
-
-    async def _finish(self) -> None:
-        try:
-            async for chunk in self._source:
+                self._offer_lead(chunk)
                 await self._feed.put(chunk)
         except Exception as exc:
+            self._offer_lead(exc)
             await self._feed.put(exc)
             return
+        self._offer_lead(_END)
         await self._feed.put(_END)
+
+    def _offer_lead(self, item: Item) -> None:
+        if self._lead_let_go:
+            return
+        try:
+            self._lead.put_nowait(item)
+        except asyncio.QueueFull:
+            self._lead_let_go = True
+
+    async def stream(
+        self,
+        start: int,
+        end: int | None,
+        rest: Callable[[int], AsyncGenerator[bytes, None]],
+    ) -> AsyncGenerator[bytes, None]:
+        """Bytes ``[start, end)`` for the leading request, as they arrive from below; once it
+        has been let go, ``rest(position)`` gives the bytes from ``position`` to ``end``."""
+        pos = 0
+        try:
+            while True:
+                if self._lead_let_go and self._lead.empty():
+                    async with contextlib.aclosing(rest(max(start, pos))) as chunks:
+                        async for chunk in chunks:
+                            yield chunk
+                    return
+                item = await self._lead.get()
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                stop = pos + len(item) if end is None else min(end, pos + len(item))
+                if max(start, pos) < stop:
+                    yield item[max(start, pos) - pos : stop - pos]
+                pos += len(item)
+                if end is not None and pos >= end:
+                    return  # the range is served; the copy goes on without it
+        finally:
+            # The client left, or has its bytes: nothing more is queued for it.
+            self._lead_let_go = True

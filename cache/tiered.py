@@ -229,21 +229,39 @@ class TieredStore:
             self._events.miss(local.name)
             fill = self._fills.get(info.digest)
             if fill is None:  # this request leads: it reads as the copy goes
+                fill = self._start_fill(local, info)
+
+                def rest(position: int) -> AsyncGenerator[bytes, None]:
+                    return self._after_fill(fill, local, info, position, end)
+
                 # Closed with the response, also when the client leaves: the copy then
                 # finishes without it (not whenever the generator happens to be collected).
-                async with contextlib.aclosing(
-                    self._start_fill(local, info).stream(start, end)
-                ) as streamed:
+                async with contextlib.aclosing(fill.stream(start, end, rest)) as streamed:
                     async for chunk in streamed:
                         yield chunk
                 return
             self._events.flight_joined()
-            if await asyncio.shield(fill.done):
-                async for chunk in local.open(info.digest, start, end):
+            async with contextlib.aclosing(
+                self._after_fill(fill, local, info, start, end)
+            ) as chunks:
+                async for chunk in chunks:
                     yield chunk
-                return
+            return
         # No (healthy) local cache, or a blob larger than half of it, which caching would evict
         # everything else for, itself at the next sweep, and again at each GET.
+        self._events.durable_read()
+        async for chunk in self.durable.open(info.digest, start, end):
+            yield chunk
+
+    async def _after_fill(
+        self, fill: LocalFill, local: DiskCache, info: BlobInfo, start: int, end: int | None
+    ) -> AsyncGenerator[bytes, None]:
+        """Bytes ``[start, end)`` once ``fill`` is over: from the cached copy, or from the
+        durable store when the copy failed."""
+        if await asyncio.shield(fill.done):
+            async for chunk in local.open(info.digest, start, end):
+                yield chunk
+            return
         self._events.durable_read()
         async for chunk in self.durable.open(info.digest, start, end):
             yield chunk

@@ -7,6 +7,7 @@ import os
 import socket
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -240,3 +241,34 @@ def test_a_client_that_leaves_a_cold_get_does_not_wedge_the_blob(
     started = time.monotonic()
     sftp_origin.stop()
     assert time.monotonic() - started < 20
+
+
+def test_a_client_that_stops_reading_a_cold_get_holds_up_no_one(
+    sftp_origin: LiveOrigin, sshd: SshdServer
+) -> None:
+    """The GET that leads a cache fill stops reading (and keeps its connection): the copy goes
+    on at the store's pace, the blob's other GETs are served, and the stalled client, once it
+    reads again, gets every byte (from the cached copy). Before, the copy went at the leading
+    client's pace, and every other GET of the blob waited for it."""
+    data = os.urandom(48 << 20)
+    digest = b3(data)
+    assert http(sftp_origin, "PUT", f"/blobs/{digest}", data, auth(sftp_origin))[0] == 201
+    stalled = socket.socket()
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+    stalled.settimeout(30)
+    stalled.connect(("127.0.0.1", sftp_origin.port))
+    with stalled:
+        stalled.sendall(request_head("GET", f"/blobs/{digest}", {}))
+        received = stalled.recv(65536)
+        assert received.startswith(b"HTTP/1.1 200")
+        url = f"{sftp_origin.url}/blobs/{digest}"
+        ranged = urllib.request.Request(url, headers={"Range": "bytes=0-9"})
+        with urllib.request.urlopen(ranged, timeout=20) as resp:
+            assert resp.read() == data[:10]
+        with urllib.request.urlopen(url, timeout=20) as resp:
+            assert resp.read() == data
+        while len(received.partition(b"\r\n\r\n")[2]) < len(data):  # it reads again
+            chunk = stalled.recv(1 << 20)
+            assert chunk, "the stalled client's download was cut short"
+            received += chunk
+    assert received.partition(b"\r\n\r\n")[2] == data
