@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""Cold GETs of blobs held only on SFTP, through two origins in turns: how fast a cache fill
+streams to the client that starts it.
+
+Both origins (executables, e.g. one from bench/origin_at.sh) use one private sshd as their
+durable store, each with its own data dir (so its own disk cache) and no memory tier. Each
+round uploads a new blob of ``--size`` through A, then GETs it whole from each origin, the
+order alternating A B, B A: every GET is the first of that blob on its origin, so it leads a
+fill from SFTP into the local disk cache. Prints the median MiB/s of each side's GET and of the
+per-round ratios B/A. Results: docs/BENCHMARKS.md, "Tiers".
+
+    old=$(bench/origin_at.sh 2f38ad2 /tmp/ab-fill)
+    flock /tmp/bench.lock .venv/bin/python bench/cold_fill_ab.py --b "$old" --rounds 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH_DIR))
+sys.path.insert(0, str(BENCH_DIR.parent))  # tests.sshd_server
+
+import blake3  # noqa: E402
+from upload_bench import DEFAULT_ORIGIN, TOKEN, MiB, Origin, parse_size  # noqa: E402
+
+from tests.sshd_server import SshdServer  # noqa: E402
+
+
+def get_seconds(url: str) -> float:
+    started = time.perf_counter()
+    with urllib.request.urlopen(url, timeout=120) as resp:
+        while resp.read(1 << 20):
+            pass
+    return time.perf_counter() - started
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--a", type=Path, default=DEFAULT_ORIGIN, help="origin executable A")
+    parser.add_argument("--b", type=Path, required=True, help="origin executable B")
+    parser.add_argument("--size", type=parse_size, default=256 * MiB)
+    parser.add_argument("--rounds", type=int, default=8)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="cold-fill-") as tmp:
+        root = Path(tmp)
+        sshd = SshdServer(root / "sshd").start()
+        env = {
+            **os.environ, "ORIGIN_ADMIN_TOKEN": TOKEN, "ORIGIN_SFTP_URL": sshd.url,
+            "ORIGIN_SFTP_KEY": str(sshd.client_key),
+            "ORIGIN_SFTP_KNOWN_HOSTS": str(sshd.known_hosts), "ORIGIN_MEMORY_CACHE_SIZE": "0",
+        }  # fmt: skip
+        origins = {
+            name: Origin(exe, root / name, env, 1, root / f"{name}.log")
+            for name, exe in (("A", args.a), ("B", args.b))
+        }
+        rates: dict[str, list[float]] = {"A": [], "B": []}
+        try:
+            for i in range(args.rounds):
+                data = os.urandom(args.size)
+                digest = blake3.blake3(data).hexdigest()
+                put = urllib.request.Request(
+                    f"{origins['A'].url}/blobs/{digest}", data=data, method="PUT",
+                    headers={"Authorization": f"Bearer {TOKEN}"},
+                )  # fmt: skip
+                urllib.request.urlopen(put, timeout=120).close()
+                del data
+                for name in ("A", "B") if i % 2 == 0 else ("B", "A"):
+                    seconds = get_seconds(f"{origins[name].url}/blobs/{digest}")
+                    rates[name].append(args.size / MiB / seconds)
+                print(f"round {i}: A {rates['A'][-1]:.0f} MiB/s, B {rates['B'][-1]:.0f} MiB/s",
+                      flush=True)  # fmt: skip
+        finally:
+            for origin in origins.values():
+                origin.stop()
+            sshd.stop()
+    ratios = [b / a for a, b in zip(rates["A"], rates["B"], strict=True)]
+    print(f"median cold GET: A {statistics.median(rates['A']):.0f} MiB/s, "
+          f"B {statistics.median(rates['B']):.0f} MiB/s; B/A {statistics.median(ratios):.2f} "
+          f"({', '.join(f'{r:.2f}' for r in ratios)})")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
