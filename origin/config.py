@@ -6,13 +6,16 @@ Every value is checked when the origin starts; an error names the key and where 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 ENV_PREFIX = "ORIGIN_"
 # Environment variables that are not settings in the file: where the file is, and the
@@ -23,7 +26,12 @@ KiB = 1 << 10
 MiB = 1 << 20
 GiB = 1 << 30
 
-_SIZE = re.compile(r"\s*(\d+)\s*([KMGT]i?B|B)?\s*", re.IGNORECASE)
+_SIZE = re.compile(r"\s*([0-9]+)\s*([KMGT]i?B|B)?\s*", re.IGNORECASE)
+# ASCII only: int() and float() also take "5_0", fullwidth and other scripts' digits.
+_INT = re.compile(r"[+-]?[0-9]+")
+_FLOAT = re.compile(
+    r"[+-]?(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:e[+-]?[0-9]+)?|inf|infinity|nan)", re.IGNORECASE
+)
 _UNITS = {"b": 1, "kb": 1000, "kib": KiB, "mb": 10**6, "mib": MiB, "gb": 10**9, "gib": GiB,
           "tb": 10**12, "tib": 1 << 40}  # fmt: skip
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -133,6 +141,18 @@ class Config:
         return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'catalog.sqlite'}"
 
     def validate(self) -> Config:
+        """Check every value (types, ranges, URLs, files); ConfigError names the first bad key."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            kind = _kind(f)
+            if kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ConfigError(f"{f.name}: expected an integer (got {value!r})")
+            if kind == "float" and (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+            ):
+                raise ConfigError(f"{f.name}: expected a finite number (got {value!r})")
         checks: list[tuple[str, bool, str]] = [
             ("port", 0 <= self.port <= 65535, "must be between 0 and 65535"),
             ("workers", 1 <= self.workers <= 256, "must be between 1 and 256"),
@@ -146,6 +166,7 @@ class Config:
             ("redis_url", self.redis_url is None
              or self.redis_url.startswith(("redis://", "rediss://", "unix://")),
              "must be a redis://, rediss:// or unix:// URL"),
+            ("redis_max_object", self.redis_max_object >= 0, "must not be negative"),
             ("redis_timeout", 0 < self.redis_timeout <= 10, "must be in (0, 10] seconds"),
             ("sftp_url", self.sftp_url is None or self.sftp_url.startswith("sftp://"),
              "must be an sftp://user@host:port/path URL"),
@@ -155,6 +176,9 @@ class Config:
              "is required with sftp_url (host keys are always checked)"),
             ("sftp_pool", 1 <= self.sftp_pool <= 64, "must be 1..64"),
             ("disk_cache_size", self.disk_cache_size > 0, "must be positive"),
+            # The back-off starts at 0.5 s; below that (or negative) a failed tier was never
+            # skipped at all (cache/health.py).
+            ("tier_retry_max", 0.5 <= self.tier_retry_max <= 3600, "must be 0.5..3600 seconds"),
             ("accel_redirect", self.accel_redirect is None
              or re.fullmatch(r"/[A-Za-z0-9._~/-]*", self.accel_redirect) is not None,
              "must be a URI path such as /_accel/ (letters, digits, . _ ~ - and /)"),
@@ -166,8 +190,9 @@ class Config:
              "must be at least 16 characters"),
             ("recommender_kinds", self._kinds_ok(),
              "must be kind:weight pairs with positive weights, e.g. download:1,use:2,like:4"),
-            ("recommender_train_interval", self.recommender_train_interval >= 0,
-             "must not be negative (0 disables)"),
+            ("recommender_train_interval", self.recommender_train_interval == 0
+             or 1 <= self.recommender_train_interval <= _YEAR,
+             "must be 0 (no schedule) or 1..31536000 seconds (a year)"),
             ("recommender_poll_interval", 0.05 <= self.recommender_poll_interval <= 3600,
              "must be 0.05..3600 seconds"),
             ("recommender_flush_interval", 0.01 <= self.recommender_flush_interval <= 60,
@@ -180,12 +205,14 @@ class Config:
             ("recommender_factors", 1 <= self.recommender_factors <= 1024, "must be 1..1024"),
             ("recommender_iterations", 1 <= self.recommender_iterations <= 1000,
              "must be 1..1000"),
-            ("recommender_regularization", self.recommender_regularization >= 0,
-             "must not be negative"),
-            ("recommender_alpha", self.recommender_alpha > 0, "must be positive"),
-            ("recommender_half_life", self.recommender_half_life >= 0,
-             "must not be negative (0: no decay)"),
-            ("recommender_lease_ttl", self.recommender_lease_ttl >= 1, "must be >= 1 second"),
+            ("recommender_regularization", 0 <= self.recommender_regularization <= 1000,
+             "must be 0..1000"),
+            ("recommender_alpha", 0 < self.recommender_alpha <= 10_000, "must be in (0, 10000]"),
+            ("recommender_half_life", self.recommender_half_life == 0
+             or 60 <= self.recommender_half_life <= 100 * _YEAR,
+             "must be 0 (no decay) or 60..3153600000 seconds (a minute to a century)"),
+            ("recommender_lease_ttl", 1 <= self.recommender_lease_ttl <= 86_400,
+             "must be 1..86400 seconds"),
             ("recommender_precompute", 0 <= self.recommender_precompute <= 1000,
              "must be 0..1000 (0: no precomputed lists)"),
             ("recommender_tail_interval", 0.01 <= self.recommender_tail_interval <= 60,
@@ -195,29 +222,138 @@ class Config:
         ]  # fmt: skip
         for key, ok, why in checks:
             if not ok:
-                raise ConfigError(f"{key}: {why} (got {getattr(self, key)!r})")
+                raise ConfigError(f"{key}: {why} (got {self._shown(key)})")
+        # What the libraries would refuse only when the origin starts (a traceback then).
+        problems: list[tuple[str, str | None]] = [
+            ("redis_url", _redis_url_problem(self.redis_url) if self.redis_url else None),
+            ("database_url",
+             _database_url_problem(self.database_url) if self.database_url else None),
+        ]  # fmt: skip
+        if self.sftp_url:
+            assert self.sftp_key is not None  # checked above
+            assert self.sftp_known_hosts is not None
+            problems += [
+                ("sftp_url", _sftp_url_problem(self.sftp_url)),
+                ("sftp_key", _file_problem(self.sftp_key)),
+                ("sftp_known_hosts", _file_problem(self.sftp_known_hosts)),
+            ]
+        for key, problem in problems:
+            if problem:
+                raise ConfigError(f"{key}: {problem} (got {self._shown(key)})")
         return self
+
+    def _shown(self, key: str) -> str:
+        """The value for an error message, without secrets."""
+        value = getattr(self, key)
+        if key == "admin_token" and value is not None:
+            return f"{len(value)} characters"
+        if key in ("database_url", "redis_url") and value is not None:
+            return repr(hide_password(value))
+        return repr(str(value) if isinstance(value, Path) else value)
+
+
+_YEAR = 365 * 24 * 3600
+
+
+def hide_password(url: str) -> str:
+    """The URL with its password as ``***``, fit for a log line or an error message."""
+    from sqlalchemy.engine import make_url  # only the server side loads SQLAlchemy
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):  # a URL SQLAlchemy cannot read: hide what it could be
+        return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url, count=1)
+
+
+def _port_problem(parts: Any) -> str | None:
+    """A URL's port (``urlsplit`` parts): absent, or a number 1..65535."""
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if port is not None and not 1 <= port <= 65535:
+        return "the port must be a number 1..65535"
+    return None
+
+
+def _redis_url_problem(url: str) -> str | None:
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return None if parts.path else "a unix:// URL needs the socket's path"
+    if problem := _port_problem(parts):
+        return problem
+    # redis-py ignores a database it cannot read as a number and uses 0.
+    if not re.fullmatch(r"/?([0-9]+)?", parts.path):
+        return "the path must be a database number, as in redis://host:6379/0"
+    return None
+
+
+def _database_url_problem(url: str) -> str | None:
+    from sqlalchemy.engine import make_url  # only the server side loads SQLAlchemy
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        port = make_url(url).port  # SQLAlchemy's own parser: what the catalog will use
+    except (ArgumentError, ValueError):
+        return "must be a URL such as postgresql+asyncpg://user:password@host:26257/db"
+    if port is not None and not 1 <= port <= 65535:
+        return "the port must be a number 1..65535"
+    return None
+
+
+def _sftp_url_problem(url: str) -> str | None:
+    parts = urlsplit(url)
+    if not parts.hostname:
+        return "needs a host: sftp://user@host:port/path"
+    if not parts.username:
+        return "needs the user to log in as: sftp://user@host:port/path"
+    return _port_problem(parts)
+
+
+def _file_problem(path: Path) -> str | None:
+    """Why ``path`` is not a readable regular file, or None."""
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):
+            return "is not a regular file"
+        with path.open("rb") as file:
+            file.read(1)
+    except OSError as exc:
+        return f"cannot read it: {exc.strerror or exc}"
+    return None
 
 
 def parse_size(text: str | int) -> int:
     """``1048576``, ``"64MiB"``, ``"2 GB"`` -> bytes."""
-    if isinstance(text, int):
+    if isinstance(text, int) and not isinstance(text, bool):
         return text
-    m = _SIZE.fullmatch(text)
+    m = _SIZE.fullmatch(text) if isinstance(text, str) else None
     if m is None:
         raise ValueError(f"expected a size such as 1048576, 64MiB or 2GB, got {text!r}")
     return int(m.group(1)) * _UNITS[(m.group(2) or "b").lower()]
 
 
-def _coerce(f: dataclasses.Field[Any], raw: Any) -> Any:
+def _kind(f: dataclasses.Field[Any]) -> str:
+    """``int``, ``float``, ``bool``, ``str`` or ``Path`` (``| None`` dropped); sizes are int."""
     kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-    kind = kind.removesuffix(" | None")
+    return kind.removesuffix(" | None")
+
+
+def _coerce(f: dataclasses.Field[Any], raw: Any) -> Any:
+    """One value from TOML (typed), the environment or a flag (strings), as the field's type.
+
+    Numbers are what they say: an integer setting refuses 2.7 (int() made it 2), true (1)
+    and "5_0"; a float setting refuses nan, inf and true.
+    """
+    kind = _kind(f)
     if f.metadata.get("size"):
-        return parse_size(raw if isinstance(raw, int) else str(raw))
+        return parse_size(raw)
     if kind == "int":
-        if isinstance(raw, bool):
-            raise ValueError(f"expected an integer, got {raw!r}")
-        return int(raw)
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and _INT.fullmatch(raw.strip()):
+            return int(raw.strip())
+        raise ValueError(f"expected an integer, got {raw!r}")
     if kind == "bool":
         if isinstance(raw, bool):
             return raw
@@ -227,11 +363,22 @@ def _coerce(f: dataclasses.Field[Any], raw: Any) -> Any:
             return False
         raise ValueError(f"expected true or false, got {raw!r}")
     if kind == "float":
-        return float(raw)
+        value: float | None = None
+        if isinstance(raw, int | float) and not isinstance(raw, bool):
+            value = float(raw) if abs(raw) < 1e308 else math.inf
+        elif isinstance(raw, str) and _FLOAT.fullmatch(raw.strip()):
+            value = float(raw.strip())
+        if value is None:
+            raise ValueError(f"expected a number, got {raw!r}")
+        if not math.isfinite(value):
+            raise ValueError(f"expected a finite number, got {raw!r}")
+        return value
     if kind == "Path":
-        return Path(str(raw))
-    if isinstance(raw, str | int | float):
-        return str(raw)
+        if isinstance(raw, os.PathLike) or (isinstance(raw, str) and raw.strip()):
+            return Path(raw)
+        raise ValueError(f"expected a path, got {raw!r}")
+    if isinstance(raw, str):
+        return raw
     raise ValueError(f"expected a string, got {raw!r}")
 
 
@@ -245,6 +392,8 @@ def load_config(
     known = {f.name: f for f in fields(Config)}
     values: dict[str, Any] = {}
 
+    sources: dict[str, str] = {}
+
     def put(key: str, raw: Any, source: str) -> None:
         if key not in known:
             raise ConfigError(f"{key}: unknown setting (from {source})")
@@ -252,6 +401,7 @@ def load_config(
             values[key] = _coerce(known[key], raw)
         except ValueError as exc:
             raise ConfigError(f"{key}: {exc} (from {source})") from None
+        sources[key] = source
 
     file = file or (Path(env["ORIGIN_CONFIG"]) if env.get("ORIGIN_CONFIG") else None)
     if file is not None:
@@ -269,4 +419,9 @@ def load_config(
     for key, raw in (overrides or {}).items():
         if raw is not None:
             put(key, raw, f"flag --{key.replace('_', '-')}")
-    return Config(**values).validate()
+    try:
+        return Config(**values).validate()
+    except ConfigError as exc:  # "key: why (got value)" -> "key: why (got value, from source)"
+        message = str(exc)
+        source = sources.get(message.partition(":")[0], "the default")
+        raise ConfigError(f"{message.removesuffix(')')}, from {source})") from None
