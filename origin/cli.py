@@ -51,6 +51,16 @@ def _parser() -> argparse.ArgumentParser:
     down.add_argument("revision")
     db_sub.add_parser("current", help="print the schema revision of the database and the code")
 
+    verify_p = sub.add_parser(
+        "verify", help="hash every stored blob; report corrupt, missing and unrecorded ones"
+    )
+    verify_p.add_argument(
+        "-j", "--jobs", type=_positive_int, default=os.cpu_count() or 1, help="blobs at once"
+    )
+    verify_p.add_argument(
+        "--record", action="store_true", help="record unrecorded blobs in the catalog"
+    )
+
     up = sub.add_parser("upload", help="upload files and trees, only what the origin lacks")
     up.add_argument("paths", nargs="*", help="files and directories")
     up.add_argument("--url", default=os.environ.get("ORIGIN_URL", "http://127.0.0.1:8080"))

@@ -27,7 +27,7 @@ from sqlalchemy.exc import DBAPIError
 from blobstore import BackendUnavailable, SftpBackend
 from cache import RedisTier
 
-from . import recommend_cli
+from . import recommend_cli, verify
 from .app import open_catalog
 from .catalog import Catalog, SchemaMismatch, current_revision, downgrade, head_revision, upgrade
 from .config import Config, ConfigError, hide_password, load_config
@@ -65,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
             return asyncio.run(_db_command(args, config))
         if args.command == "recommender":
             return asyncio.run(recommend_cli.run(args, config))
+        if args.command == "verify":
+            return asyncio.run(verify.run(config, jobs=args.jobs, record=args.record))
         return asyncio.run(_token_command(args, config))
     except ConfigError as exc:
         print(f"origin: configuration error: {exc}", file=sys.stderr)
@@ -116,9 +118,9 @@ def _listen_problem(config: Config, exc: OSError) -> str:
 
 async def _preflight(config: Config, command: str) -> None:
     """What the command needs, tried before it starts (StartupError or ConfigError)."""
-    if command in ("serve", "recommender") or config.database_url is None:
+    if command in ("serve", "recommender", "verify") or config.database_url is None:
         await asyncio.to_thread(_check_data_dir, config)
-    if command in ("serve", "recommender"):
+    if command in ("serve", "recommender", "verify"):
         await _check_redis(config)
         await _check_sftp(config)
     await _check_database(config)

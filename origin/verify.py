@@ -27,7 +27,15 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from sqlalchemy import select
 
-from blobstore import BlobBackend, BlobInfo, BlobNotFound, Digest, StreamHasher, update_off_loop
+from blobstore import (
+    BlobBackend,
+    BlobInfo,
+    BlobNotFound,
+    BlobStoreError,
+    Digest,
+    StreamHasher,
+    update_off_loop,
+)
 
 from .app import build_store, open_catalog, start_store, stop_store
 from .blob_routes import blob_facts
@@ -91,11 +99,14 @@ async def verify(
         if on_blob is not None:
             on_blob(0 if info is None else info.size)
 
-    async with asyncio.TaskGroup() as group:
-        async for digest in store.iter_digests():
-            seen.add(digest.hex)
-            await slots.acquire()  # at most ``jobs`` blobs read at once
-            group.create_task(check(digest))
+    try:
+        async with asyncio.TaskGroup() as group:
+            async for digest in store.iter_digests():
+                seen.add(digest.hex)
+                await slots.acquire()  # at most ``jobs`` blobs read at once
+                group.create_task(check(digest))
+    except ExceptionGroup as failed:  # the store went away, say: the first says why
+        raise failed.exceptions[0] from None
     for digest in sorted(in_catalog - seen):
         report.findings.append(Finding(digest, "missing", "in the catalog, not in the store"))
     return report
@@ -146,6 +157,9 @@ async def run(config: Config, *, jobs: int, record: bool) -> int:
                     store.durable, catalog, jobs=jobs, record=record,
                     on_blob=lambda size: progress.advance(task, size),
                 )  # fmt: skip
+            except BlobStoreError as exc:
+                print(f"origin: verify stopped: {exc}", file=sys.stderr)
+                return 2
             finally:
                 await stop_store(store)
     finally:

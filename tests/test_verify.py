@@ -12,7 +12,8 @@ from blobstore import DiskBackend
 from origin.catalog import Catalog, upgrade
 from origin.verify import verify
 
-from .conftest import chunks_of
+from .conftest import LiveOrigin, chunks_of
+from .test_live_server import auth, b3, http, origin_cli
 
 
 @pytest.fixture
@@ -65,3 +66,20 @@ async def test_verify_finds_corrupt_missing_and_unrecorded_blobs(
     assert {f.problem for f in (await verify(store, catalog, jobs=1)).findings} == {
         "corrupt", "missing",
     }  # fmt: skip
+
+
+def test_origin_verify_reports_and_exits_1_on_a_corrupt_blob(live_origin: LiveOrigin) -> None:
+    blobs = [os.urandom(n) for n in (100, 300_000)]
+    for data in blobs:
+        assert http(live_origin, "PUT", f"/blobs/{b3(data)}", data, auth(live_origin))[0] == 201
+    live_origin.stop()
+    clean = origin_cli(live_origin.data_dir, "verify", "--jobs", "2")
+    assert clean.returncode == 0, clean.stderr
+    assert "checked 2 blobs" in clean.stdout
+    digest = b3(blobs[1])
+    path = live_origin.data_dir / "blobs" / digest[:2] / digest[2:4] / digest
+    path.write_bytes(path.read_bytes()[:-1] + b"!")
+    found = origin_cli(live_origin.data_dir, "verify")
+    assert found.returncode == 1
+    assert f"corrupt {digest}: its BLAKE3 is" in found.stdout
+    assert "1 corrupt, 0 missing, 0 unrecorded" in found.stdout
