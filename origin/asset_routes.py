@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
 
 from blobstore import Digest, DigestError
 
-from . import problems
+from . import etags, problems
 from .appkeys import CATALOG, STORE, TIERS
 from .auth import require
 from .blob_routes import blob_facts
@@ -26,6 +27,8 @@ _KIND = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 _MAX_NAME = 512
 _MAX_PAGE = 500
 _JSON_TYPES = ("application/json", "application/merge-patch+json")
+_CREATE_FIELDS = frozenset({"name", "kind", "blob", "attributes"})
+_PATCH_FIELDS = frozenset({"name", "blob", "attributes", "version"})
 
 
 def _asset_id(request: web.Request) -> uuid.UUID:
@@ -42,6 +45,12 @@ async def _json_object(request: web.Request) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise problems.bad_request("bad-json", "the body must be a JSON object")
     return doc
+
+
+def _known_fields(doc: dict[str, Any], allowed: frozenset[str]) -> None:
+    unknown = set(doc) - allowed
+    if unknown:
+        raise problems.bad_request("bad-json", f"unknown fields: {sorted(unknown)}")
 
 
 def _field(doc: dict[str, Any], key: str, kind: type, *, required: bool) -> Any:
@@ -89,9 +98,23 @@ def _wants_plain_json(request: web.Request) -> bool:
     return "application/json" in accept and LD_JSON not in accept
 
 
+def _opaque_tags(asset_id: uuid.UUID, version: int) -> tuple[str, str]:
+    """The entity tags (unquoted) of one version: its JSON-LD and its plain JSON document.
+
+    Two bodies, two strong tags (RFC 9110 8.8.3): a cache or a client holding one document
+    never takes the other for it. The JSON-LD tag is the one the origin always sent."""
+    return f"{asset_id}.{version}", f"{asset_id}.{version}.json"
+
+
+def _opaque_tag(request: web.Request, asset: Asset) -> str:
+    """The tag of the representation this request gets."""
+    ld, plain = _opaque_tags(asset.id, asset.version)
+    return plain if _wants_plain_json(request) else ld
+
+
 async def _render(request: web.Request, asset: Asset, status: int = 200) -> web.Response:
     blob = await request.app[CATALOG].blob(asset.blob_digest)
-    headers = {"ETag": f'"{asset.id}.{asset.version}"', "Vary": "Accept"}
+    headers = {"ETag": etags.strong_etag(_opaque_tag(request, asset)), "Vary": "Accept"}
     if _wants_plain_json(request):
         return web.json_response(asset_json(asset, blob), status=status, headers=headers)
     base = f"{request.scheme}://{request.host}"
@@ -100,9 +123,30 @@ async def _render(request: web.Request, asset: Asset, status: int = 200) -> web.
     )
 
 
+def _precondition_failed(asset: Asset, header: str) -> Problem:
+    return Problem(
+        412, "precondition-failed", "Precondition failed",
+        f"{header} does not hold for the asset at version {asset.version}",
+        extra={"current": asset.version},
+    )  # fmt: skip
+
+
+def _failed_precondition(request: web.Request, asset: Asset, tags: Sequence[str]) -> str | None:
+    """The conditional header that does not hold for ``asset`` (RFC 9110 13.2.2 order), or
+    None. ``tags`` are the representations' tags a header is compared with."""
+    if_match = request.headers.get("If-Match")
+    if if_match is not None and not etags.match(if_match, tags):
+        return "If-Match"
+    if_none_match = request.headers.get("If-None-Match")
+    if if_none_match is not None and any(etags.none_match(if_none_match, t) for t in tags):
+        return "If-None-Match"
+    return None
+
+
 async def create_asset(request: web.Request) -> web.Response:
     token = await require(request, "write")
     doc = await _json_object(request)
+    _known_fields(doc, _CREATE_FIELDS)
     name: str = _name(_field(doc, "name", str, required=True))
     kind: str = _field(doc, "kind", str, required=True)
     if not _KIND.fullmatch(kind):
@@ -131,6 +175,13 @@ async def get_asset(request: web.Request) -> web.Response:
     asset = await request.app[CATALOG].asset(_asset_id(request))
     if asset is None:
         raise problems.not_found(f"no asset {request.match_info['asset_id']}")
+    # The conditionals compare with the tag of the representation negotiated.
+    tag = _opaque_tag(request, asset)
+    failed = _failed_precondition(request, asset, (tag,))
+    if failed == "If-None-Match":  # on a GET or HEAD, "not modified"
+        return web.Response(status=304, headers={"ETag": etags.strong_etag(tag), "Vary": "Accept"})
+    if failed is not None:
+        raise _precondition_failed(asset, failed)
     return await _render(request, asset)
 
 
@@ -138,9 +189,7 @@ async def patch_asset(request: web.Request) -> web.Response:
     token = await require(request, "write")
     asset_id = _asset_id(request)
     doc = await _json_object(request)
-    unknown = set(doc) - {"name", "blob", "attributes", "version"}
-    if unknown:
-        raise problems.bad_request("bad-json", f"unknown fields: {sorted(unknown)}")
+    _known_fields(doc, _PATCH_FIELDS)
     changes = AssetChanges(
         name=_name(_field(doc, "name", str, required=False)),
         blob_digest=_blob(_field(doc, "blob", str, required=False)),
@@ -153,27 +202,54 @@ async def patch_asset(request: web.Request) -> web.Response:
         raise problems.not_found(f"no asset {asset_id}")
     if current.owner != token.subject and not token.allows("admin"):
         raise problems.forbidden("admin")
+    # If-Match and If-None-Match are checked against the version they were evaluated on, in
+    # the update's transaction (as a "version"), so a write that slips in between is seen.
+    conditional = "If-Match" in request.headers or "If-None-Match" in request.headers
 
-    async def update() -> Asset:
-        return await catalog.update_asset(
-            asset_id, changes, changed_by=token.subject, if_version=expected
-        )
-
-    try:
+    async def update(if_version: int | None) -> Asset:
         try:
-            asset = await update()
+            return await catalog.update_asset(
+                asset_id, changes, changed_by=token.subject, if_version=if_version
+            )
         except UnknownBlob as exc:
             if changes.blob_digest is None or not await _heal_unknown_blob(request, exc.digest):
                 raise _unknown_blob(exc) from None
-            asset = await update()
-    except AssetNotFound:
-        raise problems.not_found(f"no asset {asset_id}") from None
-    except VersionConflict as exc:
-        raise Problem(
-            409, "version-conflict", "Version conflict", str(exc),
-            extra={"expected": exc.expected, "current": exc.current},
-        ) from None  # fmt: skip
+            return await catalog.update_asset(
+                asset_id, changes, changed_by=token.subject, if_version=if_version
+            )
+
+    def failed_on(asset: Asset) -> str | None:
+        if not conditional:
+            return None
+        return _failed_precondition(request, asset, _opaque_tags(asset.id, asset.version))
+
+    while True:
+        if (failed := failed_on(current)) is not None:
+            raise _precondition_failed(current, failed)
+        try:
+            asset = await update(current.version if conditional and expected is None else expected)
+            break
+        except AssetNotFound:
+            raise problems.not_found(f"no asset {asset_id}") from None
+        except VersionConflict as exc:
+            if not conditional:
+                raise _version_conflict(exc) from None
+            # The asset moved on since it was read: the preconditions are evaluated again on
+            # what it is now, and come first (RFC 9110 13.2.2); then "version".
+            moved = await catalog.asset(asset_id)
+            if moved is None:
+                raise problems.not_found(f"no asset {asset_id}") from None
+            current = moved
+            if expected is not None and failed_on(current) is None:
+                raise _version_conflict(VersionConflict(expected, current.version)) from None
     return await _render(request, asset)
+
+
+def _version_conflict(exc: VersionConflict) -> Problem:
+    return Problem(
+        409, "version-conflict", "Version conflict", str(exc),
+        extra={"expected": exc.expected, "current": exc.current},
+    )  # fmt: skip
 
 
 async def list_assets(request: web.Request) -> web.Response:
@@ -183,6 +259,11 @@ async def list_assets(request: web.Request) -> web.Response:
         after = uuid.UUID(query["after"]) if "after" in query else None
     except ValueError:
         raise problems.bad_request("bad-query", "after must be an asset id") from None
+    for key in ("kind", "owner", "name"):
+        # No asset's text holds a NUL (bodies cannot carry one), and PostgreSQL refuses one in
+        # a query: the client's bug, told as such rather than answered with an empty page.
+        if "\x00" in query.get(key, ""):
+            raise problems.bad_request("bad-query", f"{key} must not hold U+0000 (NUL)")
     page = await request.app[CATALOG].list_assets(
         kind=query.get("kind"),
         owner=query.get("owner"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 
 # entity-tag = [ "W/" ] DQUOTE *etagc DQUOTE ; etagc may itself contain commas, so a list is
 # tokenised by quoted strings rather than split on commas.
@@ -45,3 +46,13 @@ def if_range_allows(header: str, opaque: str) -> bool:
     """
     tags = parse_etag_list(header)
     return tags is not None and len(tags) == 1 and tags[0] == (False, opaque)
+
+
+def match(header: str, opaques: Collection[str]) -> bool:
+    """True when If-Match holds (RFC 9110 13.1.1): ``*``, or a tag that is one of ``opaques``
+    under strong comparison (a weak tag never matches). A malformed header matches nothing, so
+    a client that meant to guard a write is never let through by a typo."""
+    if header.strip() == "*":
+        return True
+    tags = parse_etag_list(header)
+    return tags is not None and any(not weak and tag in opaques for weak, tag in tags)

@@ -263,3 +263,173 @@ async def test_gltf_facts_reach_the_asset_document(api: Client) -> None:
     made = await (await api.post("/assets", json=body, headers=AUTH)).json(content_type=None)
     assert made["facts"]["valid"] is False
     assert made["facts"]["error"]
+
+
+# -- conditional requests and entity tags -----------------------------------------------------
+
+PLAIN = {"Accept": "application/json"}
+
+
+async def test_each_representation_has_its_own_strong_etag(api: Client) -> None:
+    made = await create(api)
+    url = f"/assets/{made['identifier']}"
+    ld, plain = await api.get(url), await api.get(url, headers=PLAIN)
+    assert ld.content_type == "application/ld+json"
+    assert plain.content_type == "application/json"
+    assert await ld.read() != await plain.read()
+    assert not ld.headers["ETag"].startswith("W/")
+    assert not plain.headers["ETag"].startswith("W/")
+    assert ld.headers["ETag"] != plain.headers["ETag"]
+    assert "Accept" in ld.headers["Vary"]
+    assert "Accept" in plain.headers["Vary"]
+    # A representation's tag is the same however often it is asked for.
+    assert (await api.get(url, headers=PLAIN)).headers["ETag"] == plain.headers["ETag"]
+
+
+async def test_get_with_if_none_match_is_a_304_for_that_representation(api: Client) -> None:
+    made = await create(api)
+    url = f"/assets/{made['identifier']}"
+    ld_tag = (await api.get(url)).headers["ETag"]
+    plain_tag = (await api.get(url, headers=PLAIN)).headers["ETag"]
+    for headers, tag in (({}, ld_tag), (PLAIN, plain_tag)):
+        for sent in (tag, f"W/{tag}", f'"other", {tag}', "*"):
+            resp = await api.get(url, headers={**headers, "If-None-Match": sent})
+            assert resp.status == 304, sent
+            assert resp.headers["ETag"] == tag
+            assert "Accept" in resp.headers["Vary"]
+            assert await resp.read() == b""
+        head = await api.head(url, headers={**headers, "If-None-Match": tag})
+        assert head.status == 304
+    # The other representation's tag, or an older version's, is not this one.
+    assert (await api.get(url, headers={"If-None-Match": plain_tag})).status == 200
+    assert (await api.get(url, headers={**PLAIN, "If-None-Match": ld_tag})).status == 200
+    assert (await api.patch(url, json={"name": "Stool"}, headers=AUTH)).status == 200
+    resp = await api.get(url, headers={"If-None-Match": ld_tag})
+    assert resp.status == 200
+    assert (await resp.json(content_type=None))["name"] == "Stool"
+    await problem(await api.get(url, headers={"If-Match": ld_tag}), 412, "precondition-failed")
+
+
+async def test_patch_with_a_stale_if_match_is_a_412_and_changes_nothing(api: Client) -> None:
+    made = await create(api)
+    url = f"/assets/{made['identifier']}"
+    first = (await api.get(url)).headers["ETag"]
+    assert (await api.patch(url, json={"attributes": {"other": 1}}, headers=AUTH)).status == 200
+    resp = await api.patch(
+        url, json={"attributes": {"mine": 1}}, headers={**AUTH, "If-Match": first}
+    )
+    await problem(resp, 412, "precondition-failed")
+    doc = await (await api.get(url, headers=PLAIN)).json()
+    assert doc["version"] == 2
+    assert doc["attributes"] == {"other": 1}
+    history = await (await api.get(f"{url}/versions")).json()
+    assert len(history["versions"]) == 2
+
+
+async def test_patch_with_a_current_if_match_lands(api: Client) -> None:
+    made = await create(api)
+    url = f"/assets/{made['identifier']}"
+    for version, which in enumerate(("ld", "plain", "list", "star"), start=2):
+        ld_tag = (await api.get(url)).headers["ETag"]
+        plain_tag = (await api.get(url, headers=PLAIN)).headers["ETag"]
+        sent = {
+            "ld": ld_tag, "plain": plain_tag, "list": f'"nope", W/{ld_tag}, {plain_tag}',
+            "star": "*",
+        }[which]  # fmt: skip
+        resp = await api.patch(url, json={"name": which}, headers={**AUTH, "If-Match": sent})
+        assert resp.status == 200, await resp.text()
+        assert (await resp.json(content_type=None))["version"] == version
+        assert resp.headers["ETag"] not in (ld_tag, plain_tag)
+
+
+async def test_patch_if_match_uses_strong_comparison_of_this_asset_s_tags(api: Client) -> None:
+    made = await create(api)
+    other = await create(api)
+    url = f"/assets/{made['identifier']}"
+    for sent in (
+        'W/"{id}.1"', '"{id}.2"', '"{other}.1"', '"garbage"', "not a tag", '"{id}.1.json-ld"',
+        '*, "{id}.1"', "",
+    ):  # fmt: skip
+        header = sent.format(id=made["identifier"], other=other["identifier"])
+        resp = await api.patch(url, json={"name": "x"}, headers={**AUTH, "If-Match": header})
+        await problem(resp, 412, "precondition-failed")
+    assert (await (await api.get(url, headers=PLAIN)).json())["version"] == 1
+
+
+async def test_patch_if_none_match_and_the_order_of_answers(api: Client) -> None:
+    made = await create(api)
+    url = f"/assets/{made['identifier']}"
+    tag = (await api.get(url)).headers["ETag"]
+    for sent in ("*", tag):
+        resp = await api.patch(url, json={"name": "x"}, headers={**AUTH, "If-None-Match": sent})
+        await problem(resp, 412, "precondition-failed")
+    resp = await api.patch(url, json={"name": "x"}, headers={**AUTH, "If-None-Match": '"old"'})
+    assert resp.status == 200
+    # Preconditions count only for a request that would otherwise succeed: an unknown asset is
+    # a 404 and a missing token a 401 whatever If-Match says.
+    resp = await api.patch(
+        f"/assets/{uuid.uuid4()}", json={"name": "x"}, headers={**AUTH, "If-Match": "*"}
+    )
+    await problem(resp, 404, "not-found")
+    await problem(
+        await api.patch(url, json={"name": "x"}, headers={"If-Match": '"x"'}), 401, "unauthorized"
+    )
+    # With both, If-Match is checked first; a stale "version" is still a 409.
+    current = (await api.get(url)).headers["ETag"]
+    resp = await api.patch(
+        url, json={"name": "y", "version": 1}, headers={**AUTH, "If-Match": current}
+    )
+    await problem(resp, 409, "version-conflict")
+    resp = await api.patch(url, json={"name": "y", "version": 2}, headers={**AUTH, "If-Match": tag})
+    await problem(resp, 412, "precondition-failed")
+
+
+async def test_racing_patches_with_one_if_match_one_wins(api: Client) -> None:
+    made = await create(api)
+    url = f"/assets/{made['identifier']}"
+    tag = (await api.get(url)).headers["ETag"]
+    racing = await asyncio.gather(
+        *(
+            api.patch(url, json={"name": f"n{i}"}, headers={**AUTH, "If-Match": tag})
+            for i in range(4)
+        )
+    )
+    assert sorted(r.status for r in racing) == [200, 412, 412, 412]
+    history = await (await api.get(f"{url}/versions")).json()
+    assert len(history["versions"]) == 2
+
+
+# -- the rest of the contract's edges ---------------------------------------------------------
+
+
+async def test_a_deleted_asset_has_no_versions(api: Client) -> None:
+    from datetime import UTC, datetime
+
+    from sqlalchemy import update
+
+    from origin.appkeys import CATALOG
+    from origin.catalog.schema import assets
+
+    made = await create(api)
+    url = f"/assets/{made['identifier']}"
+    assert (await api.get(f"{url}/versions")).status == 200
+    async with api.app[CATALOG].engine.begin() as conn:  # a soft delete, as the catalog does
+        await conn.execute(
+            update(assets)
+            .where(assets.c.id == uuid.UUID(made["identifier"]))
+            .values(deleted=1, updated_at=datetime.now(UTC))
+        )
+    await problem(await api.get(url), 404, "not-found")
+    await problem(await api.get(f"{url}/versions"), 404, "not-found")
+    await problem(await api.get(f"/assets/{uuid.uuid4()}/versions"), 404, "not-found")
+
+
+@pytest.mark.parametrize("extra", [{"owner": "bob"}, {"version": 1}, {"Name": "x"}])
+async def test_create_refuses_unknown_fields(api: Client, extra: dict[str, object]) -> None:
+    body = {"name": "Chair", "kind": "prop", "blob": await upload(api), **extra}
+    doc = await (await api.post("/assets", json=body, headers=AUTH)).json(content_type=None)
+    assert doc["type"] == "/problems/bad-json"
+    (field,) = extra
+    assert field in doc["detail"]
+    listing = await (await api.get("/assets")).json()
+    assert listing["items"] == []

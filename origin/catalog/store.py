@@ -240,10 +240,13 @@ class Catalog:
         return await transaction(self.engine, work)
 
     async def versions(self, asset_id: uuid.UUID) -> list[AssetVersion]:
+        """The history of a live asset, oldest first; empty for an unknown or deleted one (a
+        soft delete keeps the rows, but the asset is gone to readers)."""
         async with self.engine.connect() as conn:
             rows = await conn.execute(
                 select(asset_versions)
-                .where(asset_versions.c.asset_id == asset_id)
+                .join(assets, assets.c.id == asset_versions.c.asset_id)
+                .where(and_(asset_versions.c.asset_id == asset_id, assets.c.deleted == 0))
                 .order_by(asset_versions.c.version)
             )
             return [
