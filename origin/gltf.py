@@ -354,7 +354,7 @@ def _opt_str(obj: dict[str, Any], key: str, where: str) -> str | None:
     value = obj.get(key)
     if value is not None and not isinstance(value, str):
         _fail(f"{where}.{key} must be a string")
-    return value
+    return None if value is None else _storable(value)
 
 
 def _strings(value: object, where: str) -> tuple[str, ...]:
@@ -362,7 +362,13 @@ def _strings(value: object, where: str) -> tuple[str, ...]:
         return ()
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         _fail(f"{where} must be an array of strings")
-    return tuple(dict.fromkeys(value))  # unique, in the document's order
+    return tuple(dict.fromkeys(map(_storable, value)))  # unique, in the document's order
+
+
+def _storable(text: str) -> str:
+    """A string of the document as the facts keep it: U+0000 (valid JSON, and glTF does not
+    forbid it) as U+FFFD, since PostgreSQL's JSONB and text cannot hold it."""
+    return text.replace("\x00", "\ufffd")
 
 
 def _numbers(value: object, length: int, where: str) -> tuple[float, ...]:

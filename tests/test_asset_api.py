@@ -265,6 +265,17 @@ async def test_gltf_facts_reach_the_asset_document(api: Client) -> None:
     assert made["facts"]["error"]
 
 
+async def test_a_nul_in_gltf_facts_is_stored_as_a_replacement_character(api: Client) -> None:
+    # PostgreSQL's JSONB holds no U+0000: the facts insert was a 500 there.
+    doc = b'{"asset": {"version": "2.0", "generator": "a\\u0000b"}, "extensionsUsed": ["x\\u0000"]}'
+    resp = await api.post("/blobs", data=doc, headers={**AUTH, "Content-Type": "model/gltf+json"})
+    assert resp.status == 201, await resp.text()
+    body = {"name": "nul", "kind": "prop", "blob": (await resp.json())["digest"]}
+    made = await (await api.post("/assets", json=body, headers=AUTH)).json(content_type=None)
+    assert made["facts"]["generator"] == "a\ufffdb"
+    assert made["facts"]["extensions_used"] == ["x\ufffd"]
+
+
 # -- conditional requests and entity tags -----------------------------------------------------
 
 PLAIN = {"Accept": "application/json"}
