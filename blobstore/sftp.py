@@ -16,9 +16,16 @@ and the other learns that it already existed, and a partial file can never appea
 name. posix-rename (atomic replace) is what the metadata file wants, and gets where offered.
 
 Operations run over a small pool of SSH connections (``sftp_pool``), one SFTP channel each,
-shared by concurrent operations (SFTP pipelines requests). A dropped connection is replaced on
-the next operation; idempotent operations retry once on a fresh connection; uploads never retry
-on their own.
+shared by concurrent operations (SFTP pipelines requests). Every request is bounded by the
+request timeout (``sftp_pool.Remote``); one that times out closes its connection. A dropped or
+stuck connection is replaced on the next operation; idempotent operations retry once on a fresh
+connection; uploads never retry on their own.
+
+A directory of the layout that went missing behind our back (``tmp/``, a shard) is made again
+by the request that finds it missing, which then runs once more; the store's own directory is
+not (a volume that is not mounted must not be written under its mount point): that, a store
+the server will not let us write to, and a read-only file system are ``BackendUnavailable``
+(503), with what is wrong in its message; only a full disk is ``StorageFull`` (507).
 """
 
 from __future__ import annotations
@@ -41,10 +48,11 @@ from collections.abc import (
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import asyncssh
+from asyncssh.constants import FXE_STATVFS_ST_RDONLY
 from cachetools import LRUCache
 
 from .backend import (
@@ -53,6 +61,7 @@ from .backend import (
     BackendUnavailable,
     BlobInfo,
     BlobNotFound,
+    BlobStoreError,
     Expectation,
     PutResult,
     StorageFull,
@@ -60,7 +69,7 @@ from .backend import (
 from .digest import Digest, DigestError
 from .disk import _coalesce, _decode_meta, _encode_meta  # one metadata format for both
 from .hashing import Hashes, StreamHasher, update_off_loop
-from .sftp_pool import Channel, Pool, is_lost
+from .sftp_pool import Channel, Pool, Remote, RemoteFile, Stalled, is_lost
 from .sshsend import fast_channel_data, fast_requests
 from .sshtune import (
     buffer_padding_randomness,
@@ -80,13 +89,13 @@ _SMALL_FILE = 64 * 1024
 # grows by a second for every this many bytes, so a blob of gigabytes on a slow disk is not
 # taken for a dead connection (the usual deadline, io_timeout, is for one request).
 _SLOWEST_FLUSH = 8 << 20
-# What writing into a temp file of ours answers when the server's disk is full (see _writing).
-_FULL = (asyncssh.SFTPNoSpaceOnFilesystem, asyncssh.SFTPQuotaExceeded, asyncssh.SFTPFailure)
+# What a server that says why answers on a full disk or an exhausted quota (SFTP v5+). OpenSSH
+# speaks v3, which answers plain "failure" for that and much else: see _refusal.
+_FULL = (asyncssh.SFTPNoSpaceOnFilesystem, asyncssh.SFTPQuotaExceeded)
+# What a server answers when it will not let us write there at all.
+_REFUSED = (asyncssh.SFTPPermissionDenied, asyncssh.SFTPWriteProtect)
 # What a rename that found its target already there answers (v3: failure; v5+: says so).
 _EXISTS = (asyncssh.SFTPFailure, asyncssh.SFTPFileAlreadyExists)
-# What a commit's mkdir, rename or symlink answers on a full disk (v3 has no ENOSPC; a failed
-# mkdir shows as its directory missing): ambiguous, so the server is asked (_is_full).
-_MAYBE_FULL = (*_FULL, asyncssh.SFTPNoSuchFile)
 # Less free space than this counts as full: a commit needs a block or two, a blob more.
 _NEARLY_FULL = 1 << 20
 
@@ -118,36 +127,34 @@ class _Temps:
 
     data_path: str | None
     meta_path: str | None
-    data: asyncssh.SFTPClientFile | None = None
-    meta: asyncssh.SFTPClientFile | None = None
+    data: RemoteFile | None = None
+    meta: RemoteFile | None = None
     last: bytes | bytearray = b""  # the last block, written by the commit
     last_at: int = 0
 
     async def open(
-        self,
-        sftp: asyncssh.SFTPClient,
-        open_temp: Callable[[asyncssh.SFTPClient, str], Awaitable[asyncssh.SFTPClientFile]],
+        self, remote: Remote, open_temp: Callable[[Remote, str], Awaitable[RemoteFile]]
     ) -> None:
         assert self.data_path is not None
         assert self.meta_path is not None
         data, meta = await asyncio.gather(
-            open_temp(sftp, self.data_path),
-            open_temp(sftp, self.meta_path),
+            open_temp(remote, self.data_path),
+            open_temp(remote, self.meta_path),
             return_exceptions=True,
         )
         # Whatever opened is kept for discard(), also when the other open failed.
-        self.data = data if isinstance(data, asyncssh.SFTPClientFile) else None
-        self.meta = meta if isinstance(meta, asyncssh.SFTPClientFile) else None
+        self.data = data if isinstance(data, RemoteFile) else None
+        self.meta = meta if isinstance(meta, RemoteFile) else None
         _raise_first([data, meta])
 
-    async def discard(self, sftp: asyncssh.SFTPClient) -> None:
+    async def discard(self, remote: Remote) -> None:
         """Close and remove what is left, best effort: a later start() sweeps the rest."""
         handles = [f for f in (self.data, self.meta) if f is not None]
         paths = [p for p in (self.data_path, self.meta_path) if p is not None]
         self.data = self.meta = None
         self.data_path = self.meta_path = None
-        await asyncio.gather(*(_close_quietly(f) for f in handles))
-        await asyncio.gather(*(_remove_quietly(sftp, p) for p in paths))
+        await asyncio.gather(*(f.close_quietly() for f in handles))
+        await asyncio.gather(*(_remove_quietly(remote, p) for p in paths))
 
 
 class SftpBackend:
@@ -253,31 +260,30 @@ class SftpBackend:
         """
         return await self._run(self._start)
 
-    async def _start(self, sftp: asyncssh.SFTPClient) -> int:
+    async def _start(self, remote: Remote) -> int:
+        # The store's own directory too: start() is where an operator's new store is made.
         for part in ("blobs", "meta", "sha256", "tmp"):
-            await sftp.makedirs(self._path(part), exist_ok=True)
-        await asyncio.gather(*(self._make_top_shards(sftp, p) for p in ("blobs", "meta", "sha256")))
-        return await self._sweep(sftp)
+            await remote.makedirs(self._path(part))
+        await _all(*(self._make_top_shards(remote, p) for p in ("blobs", "meta", "sha256")))
+        return await self._sweep(remote)
 
-    async def _make_top_shards(self, sftp: asyncssh.SFTPClient, part: str) -> None:
+    async def _make_top_shards(self, remote: Remote, part: str) -> None:
         """The 256 first-level shard directories, made once per store (all requests at once),
         so that an upload never finds two levels missing: that cost it two more round trips
         in turn, for each of its three trees, while a store was young."""
         base = self._path(part)
-        present = {str(name) for name in await sftp.listdir(base)}
-        wanted = (f"{i:02x}" for i in range(256))
-        await asyncio.gather(
-            *(_mkdirs(sftp, posixpath.join(base, t)) for t in wanted if t not in present)
-        )
+        present = set(await remote.listdir(base))
+        wanted = (posixpath.join(base, f"{i:02x}") for i in range(256) if f"{i:02x}" not in present)
+        await _all(*(_mkdirs(remote, path, self.root) for path in wanted))
 
-    async def _sweep(self, sftp: asyncssh.SFTPClient) -> int:
+    async def _sweep(self, remote: Remote) -> int:
         # Other nodes upload into the same tmp/, so only age tells a dead upload from a live
         # one: every write refreshes a temp file's mtime. An upload's metadata temp is written
         # only at its commit, so it is as young as its blob's temp, which shares its stem.
         cutoff = time.time() - self._stale_temp_after
         temps = [
             (str(e.filename), e.attrs.mtime)
-            for e in await sftp.readdir(self._path("tmp"))
+            for e in await remote.readdir(self._path("tmp"))
             if str(e.filename).endswith(_TEMP_SUFFIX)
         ]
         live = {_temp_stem(name) for name, mtime in temps if mtime is None or mtime >= cutoff}
@@ -286,7 +292,7 @@ class SftpBackend:
             if _temp_stem(name) in live:
                 continue
             with contextlib.suppress(asyncssh.SFTPNoSuchFile):  # another node swept it first
-                await sftp.remove(self._path("tmp", name))
+                await remote.remove(self._path("tmp", name))
                 removed += 1
         if removed:
             log.warning("swept %d stale temp file(s) from %s/tmp", removed, self.where)
@@ -296,8 +302,52 @@ class SftpBackend:
         await self._pool.close()
 
     async def ping(self) -> None:
-        """Raise BackendUnavailable when the store cannot serve (for readiness checks)."""
-        await self._run(lambda sftp: sftp.stat(self.root))
+        """Raise BackendUnavailable when the store cannot be read: the server unreachable or
+        not answering, or the store's directory gone. One request; ``ready`` asks more."""
+
+        async def stat_root(remote: Remote) -> None:
+            try:
+                await remote.stat(self.root)
+            except asyncssh.SFTPNoSuchFile:
+                raise BackendUnavailable(self._root_missing()) from None
+
+        await self._run(stat_root)
+
+    async def ready(self) -> None:
+        """Raise, saying why, unless the store can take an upload now (for readiness checks).
+
+        BackendUnavailable: the server unreachable or not answering within the request
+        timeout, the store's directory missing, ``tmp/`` not writable (permission denied, a
+        read-only file system) or failing writes; StorageFull: under 1 MiB or no inode left.
+        A probe file is made in ``tmp/`` and removed (``tmp/`` is made again if it went): two
+        round trips, the first with the file system's state.
+        """
+        await self._run(self._ready)
+
+    async def _ready(self, remote: Remote) -> None:
+        probe = self._temp_path(".ready")
+        try:
+            state, f = await _all(self._statvfs(remote), self._open_temp(remote, probe))
+            await _all(self._close(f), remote.remove(probe))
+        except asyncssh.SFTPError as exc:
+            if is_lost(exc):
+                raise
+            refusal = await self._refusal(remote, exc)
+            if refusal is None:
+                raise
+            raise refusal from exc
+        if state is not None and _full(state):
+            raise StorageFull(self._full_disk(state))
+
+    def _root_missing(self) -> str:
+        return (
+            f"{self.where}: the store's directory is missing on the server (a volume not"
+            " mounted, a wrong path?); it is made only by a start, not behind the operator's back"
+        )
+
+    def _full_disk(self, vfs: asyncssh.SFTPVFSAttrs | None = None) -> str:
+        free = "" if vfs is None else f": {vfs.bavail * vfs.frsize} bytes, {vfs.favail} inodes free"
+        return f"{self.where}: the server's disk is full{free}"
 
     async def _open_channel(self) -> Channel:
         try:
@@ -326,11 +376,15 @@ class SftpBackend:
 
     # -- running operations -------------------------------------------------------------------
 
-    async def _run(self, op: Callable[[asyncssh.SFTPClient], Awaitable[T]]) -> T:
+    def _remote(self, channel: Channel) -> Remote:
+        return Remote(channel, self._io_timeout)
+
+    async def _run(self, op: Callable[[Remote], Awaitable[T]]) -> T:
         return (await self._run_on(op))[1]
 
-    async def _run_on(self, op: Callable[[asyncssh.SFTPClient], Awaitable[T]]) -> tuple[Channel, T]:
-        """Run an idempotent operation; once more on a fresh connection if its connection died.
+    async def _run_on(self, op: Callable[[Remote], Awaitable[T]]) -> tuple[Channel, T]:
+        """Run an idempotent operation; once more on a fresh connection if its connection died
+        (or stopped answering: each request has its deadline, which closes the connection).
 
         Also returns the connection it ran on, for results tied to it (an open file).
         """
@@ -339,8 +393,7 @@ class SftpBackend:
             channel = await self._pool.lease()
             try:
                 with channel.busy():
-                    async with asyncio.timeout(self._io_timeout):
-                        return channel, await op(channel.sftp)
+                    return channel, await op(self._remote(channel))
             except Exception as exc:
                 if not is_lost(exc):
                     raise
@@ -388,7 +441,7 @@ class SftpBackend:
     async def stat(self, digest: Digest) -> BlobInfo | None:
         info = self._info.get(digest)
         if info is None:
-            exists, info = await self._run(lambda sftp: self._load_info(sftp, digest))
+            exists, info = await self._run(lambda remote: self._load_info(remote, digest))
             if exists and info is None:
                 log.warning("metadata of %s on %s unreadable; rebuilding", digest, self.where)
                 info = await self._rebuild(digest)
@@ -399,17 +452,14 @@ class SftpBackend:
     async def exists(self, digest: Digest) -> bool:
         if digest in self._info:
             return True
-        found: bool = await self._run(lambda sftp: sftp.exists(self._blob_path(digest)))
-        return found
+        return await self._run(lambda remote: remote.exists(self._blob_path(digest)))
 
-    async def _load_info(
-        self, sftp: asyncssh.SFTPClient, digest: Digest
-    ) -> tuple[bool, BlobInfo | None]:
+    async def _load_info(self, remote: Remote, digest: Digest) -> tuple[bool, BlobInfo | None]:
         """Whether the blob exists, and its metadata if that is readable."""
         # Both at once: a metadata file alone proves nothing (an upload that died before its
         # rename, or a delete halfway through).
-        exists, info = await asyncio.gather(
-            sftp.exists(self._blob_path(digest)), self._read_meta(sftp, digest)
+        exists, info = await _all(
+            remote.exists(self._blob_path(digest)), self._read_meta(remote, digest)
         )
         return exists, info if exists else None
 
@@ -418,26 +468,26 @@ class SftpBackend:
         runs under each request's deadline, not one deadline for all (a blob of gigabytes)."""
         channel = await self._pool.lease()
         with channel.busy(), self._guard(channel):
-            return await self._rebuild_meta(channel.sftp, digest)
+            return await self._rebuild_meta(self._remote(channel), digest)
 
-    async def _read_meta(self, sftp: asyncssh.SFTPClient, digest: Digest) -> BlobInfo | None:
+    async def _read_meta(self, remote: Remote, digest: Digest) -> BlobInfo | None:
         try:
-            return _decode_meta(digest, await _read_small(sftp, self._meta_path(digest)))
+            return _decode_meta(digest, await _read_small(remote, self._meta_path(digest)))
         except (asyncssh.SFTPNoSuchFile, ValueError, KeyError):
             return None
 
-    async def _rebuild_meta(self, sftp: asyncssh.SFTPClient, digest: Digest) -> BlobInfo | None:
+    async def _rebuild_meta(self, remote: Remote, digest: Digest) -> BlobInfo | None:
         hasher = StreamHasher()
         try:
-            async with sftp.open(self._blob_path(digest), "rb") as f:
-                while chunk := await self._read(f, self._chunk_size, hasher.size):
+            async with await remote.open(self._blob_path(digest), "rb") as f:
+                while chunk := await f.read(self._chunk_size, hasher.size):
                     await update_off_loop(hasher.update, chunk)
         except asyncssh.SFTPNoSuchFile:
             return None  # deleted meanwhile
         hashes = hasher.result()
         info = BlobInfo(digest, hashes.size, hashes.sha256, DEFAULT_CONTENT_TYPE, datetime.now(UTC))
         try:
-            await self._write_meta(sftp, info)
+            await self._write_meta(remote, info)
         except (StorageFull, asyncssh.SFTPError) as exc:
             # Saving it only spares the next node the rehash: a full disk, or a directory the
             # server would not make, is no reason to fail a read.
@@ -454,16 +504,16 @@ class SftpBackend:
         def want(offset: int) -> int:
             return self._chunk_size if end is None else max(0, min(self._chunk_size, end - offset))
 
-        async def first(sftp: asyncssh.SFTPClient) -> tuple[asyncssh.SFTPClientFile, bytes]:
+        async def first(remote: Remote) -> tuple[RemoteFile, bytes]:
             try:
-                f = await sftp.open(path, "rb")
+                f = await remote.open(path, "rb")
             except asyncssh.SFTPNoSuchFile:
                 self._info.pop(digest, None)  # deleted, perhaps by another node
                 raise BlobNotFound(str(digest)) from None
             try:
-                return f, await self._read(f, want(start), start)
+                return f, await f.read(want(start), start)
             except BaseException:
-                await _close_quietly(f)
+                await f.close_quietly()
                 raise
 
         # Opening and the first read are retried like any read; once bytes have gone out to the
@@ -476,7 +526,7 @@ class SftpBackend:
                 while chunk:
                     # Read the next block while the caller sends this one.
                     if want(offset):
-                        ahead = asyncio.create_task(self._read(f, want(offset), offset))
+                        ahead = asyncio.create_task(f.read(want(offset), offset))
                     yield chunk
                     if ahead is None:
                         return
@@ -485,42 +535,21 @@ class SftpBackend:
                     offset += len(chunk)
         finally:
             await _settle(ahead)
-            await _close_quietly(f)
-
-    async def _read(self, f: asyncssh.SFTPClientFile, size: int, offset: int) -> bytes:
-        """Up to ``size`` bytes, fewer only at the end of the file (or after a short read).
-
-        Split into one request per server-sized piece here, all in flight at once: asyncssh's own
-        splitting leaves its tasks' exceptions unretrieved when the connection drops.
-        """
-        if size <= 0:
-            return b""
-        step = f.read_len or size
-        starts = range(0, size, step)
-        async with asyncio.timeout(self._io_timeout):
-            parts = await asyncio.gather(
-                *(_read_at(f, min(step, size - i), offset + i) for i in starts)
-            )
-        data = bytearray()
-        for i, part in zip(starts, parts, strict=True):
-            data += part
-            if len(part) < min(step, size - i):
-                break  # the caller asks for the rest at the new offset
-        return bytes(data)
+            await f.close_quietly()
 
     async def resolve_sha256(self, sha256: bytes) -> Digest | None:
-        return await self._run(lambda sftp: self._resolve_sha256(sftp, sha256.hex()))
+        return await self._run(lambda remote: self._resolve_sha256(remote, sha256.hex()))
 
-    async def _resolve_sha256(self, sftp: asyncssh.SFTPClient, sha256_hex: str) -> Digest | None:
+    async def _resolve_sha256(self, remote: Remote, sha256_hex: str) -> Digest | None:
         index = self._sha256_path(sha256_hex)
         try:
-            target = str(await sftp.readlink(index))
+            target = await remote.readlink(index)
         except asyncssh.SFTPNoSuchFile:
             return None
         except (asyncssh.SFTPBadMessage, asyncssh.SFTPFailure, asyncssh.SFTPInvalidParameter):
             # Not a symlink: the file form of the index, written where symlinks are refused.
             try:
-                target = (await _read_small(sftp, index)).decode("ascii", "replace").strip()
+                target = (await _read_small(remote, index)).decode("ascii", "replace").strip()
             except asyncssh.SFTPNoSuchFile:
                 return None
         try:
@@ -528,7 +557,7 @@ class SftpBackend:
         except DigestError:
             return None
         # The index entry of an upload that died before its rename points at nothing.
-        return digest if await sftp.exists(self._blob_path(digest)) else None
+        return digest if await remote.exists(self._blob_path(digest)) else None
 
     async def iter_digests(self) -> AsyncIterator[Digest]:
         # One directory at a time, each listing retried on its own: no digest is yielded twice.
@@ -547,9 +576,9 @@ class SftpBackend:
                     yield digest
 
     async def _listdir(self, path: str) -> list[str]:
-        async def listdir(sftp: asyncssh.SFTPClient) -> list[str]:
+        async def listdir(remote: Remote) -> list[str]:
             try:
-                return [str(name) for name in await sftp.listdir(path)]
+                return await remote.listdir(path)
             except asyncssh.SFTPNoSuchFile:
                 return []
 
@@ -576,31 +605,30 @@ class SftpBackend:
         """
         # Never retried here: the body has been consumed. The caller may retry the request.
         channel = await self._pool.lease()
-        sftp = channel.sftp
+        remote = self._remote(channel)
         stem = secrets.token_hex(16)
         temps = _Temps(self._temp_path(stem=stem), self._temp_path(".meta", stem))
         body = _Body(_coalesce(chunks, self._chunk_size, expected.max_size))
         with channel.busy(), self._guard(channel, body):
             try:
-                hashes = await self._upload(sftp, temps, body)
+                hashes = await self._upload(remote, temps, body)
                 expected.check(hashes)
-                result = await self._commit(sftp, temps, hashes, content_type)
-            except _MAYBE_FULL as exc:
-                # Asked before the temps go, while they still take the space they took.
-                full = await self._is_full(sftp)
-                await temps.discard(sftp)
-                if full:
-                    raise StorageFull(f"{self.where}: the server's disk is full") from exc
-                raise
-            except BaseException:
-                await temps.discard(sftp)
+                result = await self._commit(remote, temps, hashes, content_type)
+            except BaseException as exc:
+                refusal = None
+                try:
+                    if isinstance(exc, asyncssh.SFTPError) and not is_lost(exc):
+                        # Asked before the temps go, while they still take the space they took.
+                        refusal = await self._refusal(remote, exc)
+                finally:
+                    await temps.discard(remote)
+                if refusal is not None:
+                    raise refusal from exc
                 raise
         self._info[result.info.digest] = result.info
         return result
 
-    async def _upload(
-        self, sftp: asyncssh.SFTPClient, temps: _Temps, blocks: AsyncIterable[bytes]
-    ) -> Hashes:
+    async def _upload(self, remote: Remote, temps: _Temps, blocks: AsyncIterable[bytes]) -> Hashes:
         """Everything but the last block written (one in flight while the next is received,
         hashed meanwhile); the last block is hashed and kept for ``_commit`` to write."""
         hasher = StreamHasher()
@@ -608,7 +636,7 @@ class SftpBackend:
         inflight: asyncio.Future[tuple[None, None]] | None = None
         pending: bytes | bytearray | None = None
         try:
-            await temps.open(sftp, self._open_temp)
+            await temps.open(remote, self._open_temp)
             async for block in blocks:
                 if pending is not None:
                     if inflight is not None:
@@ -629,43 +657,87 @@ class SftpBackend:
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[None]:
-        """Writing bytes into a temp file of ours: a failure there means the disk is full.
-
-        SFTP v3 (OpenSSH) reports ENOSPC, EDQUOT and EFBIG as plain "failure", on the open, a
-        write, the fsync or only on the close; later protocol versions say it outright.
-        """
+        """Writing bytes into a temp file of ours: a server that says its disk is full or a
+        quota exhausted (SFTP v5+) is StorageFull here. OpenSSH (v3) answers ENOSPC, EDQUOT,
+        EROFS and EIO alike as plain "failure", which ``_refusal`` sorts out with the server."""
         try:
             yield
         except _FULL as exc:
             raise StorageFull(f"{self.where}: the server could not store the bytes") from exc
 
-    async def _is_full(self, sftp: asyncssh.SFTPClient) -> bool:
-        """Whether the server's file system is out of space or inodes (``statvfs@openssh.com``;
-        False where the server cannot say)."""
+    async def _refusal(self, remote: Remote, exc: asyncssh.SFTPError) -> BlobStoreError | None:
+        """What a failed write request (of an upload, or of ``ready``) says about the store,
+        asked of the server where the answer alone does not say; None where it says nothing
+        about the store (raised as it is).
+
+        SFTP v3, all OpenSSH speaks, has no status for ENOSPC, EDQUOT, EROFS, EIO or EFBIG:
+        each is "Failure", and OpenSSH's message is only that word. Its ``statvfs@openssh.com``
+        tells a full disk (no room or no inode left: StorageFull) and a read-only file system
+        apart. What neither the message nor statvfs explains (a quota, which statvfs does not
+        show, a file size limit, a failing disk) is BackendUnavailable: the store cannot take
+        writes now, and the message says what the server reported. A directory still missing
+        after ``_in_dir`` made it (a mkdir that failed for want of an inode shows so) is
+        asked about the same way; the store's own directory gone is said so.
+        """
+        where = self.where
+        if isinstance(exc, _FULL):
+            return StorageFull(f"{where}: the server's disk is full ({exc.reason})")
+        if isinstance(exc, _REFUSED):
+            return BackendUnavailable(
+                f"{where}: the server refuses to write in the store ({exc.reason}): see the"
+                " owner and permissions of its directories, or a read-only mount or export"
+            )
+        if not isinstance(exc, asyncssh.SFTPFailure | asyncssh.SFTPNoSuchFile):
+            return None
+        said = exc.reason.lower()  # servers other than OpenSSH may say why
+        if "no space" in said or "quota" in said:
+            return StorageFull(f"{where}: the server's disk is full ({exc.reason})")
+        vfs = await self._statvfs(remote)
+        if (vfs is not None and vfs.flags & FXE_STATVFS_ST_RDONLY) or "read-only" in said:
+            return BackendUnavailable(f"{where}: the server's file system is read-only")
+        if vfs is not None and _full(vfs):
+            return StorageFull(self._full_disk(vfs))
+        if isinstance(exc, asyncssh.SFTPNoSuchFile):
+            if not await remote.exists(self.root):
+                return BackendUnavailable(self._root_missing())
+            return BackendUnavailable(
+                f"{where}: a directory of the store is missing and could not be made ({exc.reason})"
+            )
+        room = "" if vfs is None else ", though its file system has room and is writable"
+        return BackendUnavailable(
+            f"{where}: the server failed a write ({exc.reason!r}){room}: a disk quota, a file"
+            " size limit or a disk error on the server"
+        )
+
+    async def _statvfs(self, remote: Remote) -> asyncssh.SFTPVFSAttrs | None:
+        """The server's file system's state (``statvfs@openssh.com``); None where the server
+        cannot say."""
         try:
-            async with asyncio.timeout(self._io_timeout):
-                vfs = await sftp.statvfs(self.root)
-        except (asyncssh.SFTPError, TimeoutError):
-            return False
-        no_inodes = vfs.files > 0 and vfs.favail == 0  # 0 files: the FS does not count them
-        return vfs.bavail * vfs.frsize < _NEARLY_FULL or no_inodes
+            return await remote.statvfs(self.root)
+        except asyncssh.SFTPError as exc:
+            if is_lost(exc):
+                raise
+            return None
 
-    async def _open_temp(self, sftp: asyncssh.SFTPClient, path: str) -> asyncssh.SFTPClientFile:
+    async def _open_temp(self, remote: Remote, path: str) -> RemoteFile:
         with self._writing():
-            return await sftp.open(path, "xb")
+            return await self._in_dir(remote, path, lambda: remote.open(path, "xb"))
 
-    async def _close(self, f: asyncssh.SFTPClientFile) -> None:
+    async def _close(self, f: RemoteFile) -> None:
         with self._writing():
             await f.close()
 
     async def _commit(
-        self, sftp: asyncssh.SFTPClient, temps: _Temps, hashes: Hashes, content_type: str
+        self, remote: Remote, temps: _Temps, hashes: Hashes, content_type: str
     ) -> PutResult:
         digest = hashes.blake3
         final = self._blob_path(digest)
         data, meta = temps.data, temps.meta
+        data_path, meta_temp = temps.data_path, temps.meta_path
         assert data is not None
         assert meta is not None
+        assert data_path is not None
+        assert meta_temp is not None
         info = BlobInfo(digest, hashes.size, hashes.sha256, content_type, datetime.now(UTC))
         meta_path = self._meta_path(digest)
         index = self._sha256_path(hashes.sha256.hex())
@@ -676,13 +748,13 @@ class SftpBackend:
                 await self._write(data, temps.last, temps.last_at)
 
         exists, *_ = await _all(
-            sftp.exists(final),
+            remote.exists(final),
             write_last(),
             self._write(meta, _encode_meta(info), 0),
-            *(self._known_dir(sftp, d) for d in dirs),
+            *(self._known_dir(remote, d) for d in dirs),
         )
         if exists:
-            return await self._already_stored(sftp, temps, final, content_type, hashes)
+            return await self._already_stored(remote, temps, final, content_type, hashes)
         # Metadata and index before the blob's name: a visible blob always has both. The
         # requests on one file go out back to back, not each after the last one's answer: a
         # server processes requests on the same file in the order received (SFTP v3,
@@ -696,7 +768,7 @@ class SftpBackend:
             temps.meta = None
 
         async def place_meta() -> None:
-            await self._in_dir(sftp, _replace, sftp, temps.meta_path, meta_path)
+            await self._in_dir(remote, meta_path, lambda: _replace(remote, meta_temp, meta_path))
             temps.meta_path = None
 
         async def close_data() -> None:
@@ -709,15 +781,15 @@ class SftpBackend:
             self._sync(meta, hashes.size),
             close_meta(),
             place_meta(),
-            self._index_sha256(sftp, info),
+            self._index_sha256(remote, info),
         )
         try:
-            await self._in_dir(sftp, sftp.rename, temps.data_path, final)
+            await self._in_dir(remote, final, lambda: remote.rename(data_path, final))
         except _EXISTS:
-            if not await sftp.exists(final):
+            if not await remote.exists(final):
                 raise
             # Another upload of the same bytes committed first: ours is not needed.
-            return await self._already_stored(sftp, temps, final, content_type, hashes)
+            return await self._already_stored(remote, temps, final, content_type, hashes)
         temps.data_path = None
         # The rename is durable only once the server's file system commits it, and SFTP has
         # no way to fsync a directory. The blob's handle is still open: its second fsync, after
@@ -729,7 +801,7 @@ class SftpBackend:
 
     async def _already_stored(
         self,
-        sftp: asyncssh.SFTPClient,
+        remote: Remote,
         temps: _Temps,
         final: str,
         content_type: str,
@@ -738,106 +810,97 @@ class SftpBackend:
         """Another upload put these bytes at ``final``: drop ours, and before answering make
         sure that upload's rename is durable. It may have renamed and not yet fsynced (the end
         of ``_commit``), and this upload is about to be answered as stored."""
-        await temps.discard(sftp)
-        async with sftp.open(final, "rb") as f:
+        await temps.discard(remote)
+        async with await remote.open(final, "rb") as f:
             await self._sync(f)
-        info = await self._existing_info(sftp, hashes.blake3, content_type, hashes)
+        info = await self._existing_info(remote, hashes.blake3, content_type, hashes)
         return PutResult(info, False)
 
-    async def _known_dir(self, sftp: asyncssh.SFTPClient, path: str) -> None:
+    async def _known_dir(self, remote: Remote, path: str) -> None:
         """Make a shard directory unless this node has seen it: one request, and none at all
         once the store has been used a while. Operations in it still recreate it if it went."""
         if path not in self._dirs:
-            await _mkdirs(sftp, path)
+            await _mkdirs(remote, path, self.root)
             self._dirs[path] = True
 
-    async def _in_dir(
-        self, sftp: asyncssh.SFTPClient, op: Callable[..., Awaitable[None]], *args: object
-    ) -> None:
-        """``op(*args)`` whose last argument is a path; creates its directory if that is missing."""
+    async def _in_dir(self, remote: Remote, target: str, op: Callable[[], Awaitable[T]]) -> T:
+        """``op()``, which makes ``target``; when ``target``'s directory is missing (``tmp/`` or
+        a shard removed behind our back), that is made again and ``op`` runs once more."""
         try:
-            await op(*args)
+            return await op()
         except asyncssh.SFTPNoSuchFile:
-            target = args[-1]
-            assert isinstance(target, str)
             directory = posixpath.dirname(target)
             self._dirs.pop(directory, None)
-            await _mkdirs(sftp, directory)
+            log.warning("%s: %s was missing; making it again", self.where, directory)
+            await _mkdirs(remote, directory, self.root)
             self._dirs[directory] = True
-            await op(*args)
+            return await op()
 
-    async def _write(self, f: asyncssh.SFTPClientFile, data: bytes | bytearray, at: int) -> None:
-        # Split like _read, for the same reason. Views, not copies: asyncssh copies each block
-        # into its request anyway (its annotation says bytes; it takes any buffer).
-        step = f.write_len or len(data)
-        view = memoryview(data)
-        blocks = [(cast(bytes, view[i : i + step]), at + i) for i in range(0, len(data), step)]
+    async def _write(self, f: RemoteFile, data: bytes | bytearray, at: int) -> None:
         with self._writing():
-            async with asyncio.timeout(self._io_timeout):
-                await asyncio.gather(*(f.write(block, offset) for block, offset in blocks))
+            await f.write(data, at)
 
     def _flush_timeout(self, unflushed: int) -> float:
         return self._io_timeout + unflushed / _SLOWEST_FLUSH
 
-    async def _sync(self, f: asyncssh.SFTPClientFile, unflushed: int = 0) -> None:
+    async def _sync(self, f: RemoteFile, unflushed: int = 0) -> None:
         # The server's fsync extension, where offered, so that a committed blob survives a crash
         # of the server; without it we rely on the server's own durability.
         with self._writing(), contextlib.suppress(asyncssh.SFTPOpUnsupported):
-            async with asyncio.timeout(self._flush_timeout(unflushed)):
-                await f.fsync()
+            await f.fsync(self._flush_timeout(unflushed))
 
     async def _existing_info(
-        self, sftp: asyncssh.SFTPClient, digest: Digest, content_type: str, hashes: Hashes
+        self, remote: Remote, digest: Digest, content_type: str, hashes: Hashes
     ) -> BlobInfo:
-        cached = self._info.get(digest) or await self._read_meta(sftp, digest)
+        cached = self._info.get(digest) or await self._read_meta(remote, digest)
         now = datetime.now(UTC)
         return cached or BlobInfo(digest, hashes.size, hashes.sha256, content_type, now)
 
-    async def _write_meta(self, sftp: asyncssh.SFTPClient, info: BlobInfo) -> None:
-        await self._place_small(sftp, _encode_meta(info), self._meta_path(info.digest), ".meta")
+    async def _write_meta(self, remote: Remote, info: BlobInfo) -> None:
+        await self._place_small(remote, _encode_meta(info), self._meta_path(info.digest), ".meta")
 
     async def _place_small(
-        self, sftp: asyncssh.SFTPClient, data: bytes, final: str, kind: str, *, sync: bool = True
+        self, remote: Remote, data: bytes, final: str, kind: str, *, sync: bool = True
     ) -> None:
         """A small file at ``final``, all or nothing: written to a temp name, then renamed."""
         temp = self._temp_path(kind)
         try:
-            f = await self._open_temp(sftp, temp)
+            f = await self._open_temp(remote, temp)
             try:
                 await self._write(f, data, 0)
                 if sync:
                     await self._sync(f)
             except BaseException:
-                await _close_quietly(f)
+                await f.close_quietly()
                 raise
             await self._close(f)
-            await self._in_dir(sftp, _replace, sftp, temp, final)
+            await self._in_dir(remote, final, lambda: _replace(remote, temp, final))
         except BaseException:
-            await _remove_quietly(sftp, temp)
+            await _remove_quietly(remote, temp)
             raise
 
-    async def _index_sha256(self, sftp: asyncssh.SFTPClient, info: BlobInfo) -> None:
+    async def _index_sha256(self, remote: Remote, info: BlobInfo) -> None:
         index = self._sha256_path(info.sha256.hex())
         # Relative, exactly as DiskBackend links it, so the tree stays valid when copied.
         target = posixpath.join("../../../blobs", *info.digest.shard(), info.digest.hex)
         try:
-            await self._in_dir(sftp, sftp.symlink, target, index)
+            await self._in_dir(remote, index, lambda: remote.symlink(target, index))
         except _EXISTS:
-            if not await sftp.lexists(index):
+            if not await remote.lexists(index):
                 raise
             # The same SHA-256 is the same bytes: the existing entry already points here.
         except (asyncssh.SFTPOpUnsupported, asyncssh.SFTPPermissionDenied):
-            await self._place_small(sftp, info.digest.hex.encode(), index, ".sha256", sync=False)
+            await self._place_small(remote, info.digest.hex.encode(), index, ".sha256", sync=False)
 
     async def delete(self, digest: Digest) -> bool:
         self._info.pop(digest, None)
-        return await self._run(lambda sftp: self._delete(sftp, digest))
+        return await self._run(lambda remote: self._delete(remote, digest))
 
-    async def _delete(self, sftp: asyncssh.SFTPClient, digest: Digest) -> bool:
-        info = await self._read_meta(sftp, digest)
+    async def _delete(self, remote: Remote, digest: Digest) -> bool:
+        info = await self._read_meta(remote, digest)
         try:
             # The blob's own name goes first: from then on it does not exist for any reader.
-            await sftp.remove(self._blob_path(digest))
+            await remote.remove(self._blob_path(digest))
         except asyncssh.SFTPNoSuchFile:
             return False
         leftovers = [self._meta_path(digest)]
@@ -845,47 +908,49 @@ class SftpBackend:
             leftovers.append(self._sha256_path(info.sha256.hex()))
         for path in leftovers:
             with contextlib.suppress(asyncssh.SFTPNoSuchFile):
-                await sftp.remove(path)
+                await remote.remove(path)
         return True
 
 
-async def _mkdirs(sftp: asyncssh.SFTPClient, path: str) -> None:
-    """``mkdir -p`` from the bottom up: one request when only the last level is missing.
+def _full(vfs: asyncssh.SFTPVFSAttrs) -> bool:
+    """Whether a file system is out of space or inodes for us."""
+    no_inodes = vfs.files > 0 and vfs.favail == 0  # 0 files: the FS does not count them
+    return vfs.bavail * vfs.frsize < _NEARLY_FULL or no_inodes
+
+
+async def _mkdirs(remote: Remote, path: str, root: str) -> None:
+    """``mkdir -p`` below ``root``, from the bottom up: one request when only the last level is
+    missing. ``root`` itself is never made here (SFTPNoSuchFile when it is missing).
 
     asyncssh's ``makedirs`` walks down from ``/`` with a mkdir and a stat per level, some twenty
     round trips for a shard directory, which made them most of a small upload's cost.
     """
     try:
-        await sftp.mkdir(path)
+        await remote.mkdir(path)
     except asyncssh.SFTPNoSuchFile:
         parent = posixpath.dirname(path)
-        if parent in (path, ""):
+        if parent in (path, "", root):
             raise
-        await _mkdirs(sftp, parent)
+        await _mkdirs(remote, parent, root)
         with contextlib.suppress(*_EXISTS):
-            await sftp.mkdir(path)
+            await remote.mkdir(path)
     except _EXISTS:
         pass  # there already, or made by a concurrent upload; a real failure shows in the retry
 
 
-async def _replace(sftp: asyncssh.SFTPClient, source: str, target: str) -> None:
+async def _replace(remote: Remote, source: str, target: str) -> None:
     try:
-        await sftp.posix_rename(source, target)
+        await remote.posix_rename(source, target)
     except asyncssh.SFTPOpUnsupported:
         # Not atomic, but only metadata goes this way, and readers check the blob first.
         with contextlib.suppress(asyncssh.SFTPNoSuchFile):
-            await sftp.remove(target)
-        await sftp.rename(source, target)
+            await remote.remove(target)
+        await remote.rename(source, target)
 
 
-async def _read_small(sftp: asyncssh.SFTPClient, path: str) -> bytes:
-    async with sftp.open(path, "rb") as f:
-        return await _read_at(f, _SMALL_FILE, 0)
-
-
-async def _read_at(f: asyncssh.SFTPClientFile, size: int, offset: int) -> bytes:
-    data: bytes = await f.read(size, offset)  # bytes: files are opened in binary mode
-    return data
+async def _read_small(remote: Remote, path: str) -> bytes:
+    async with await remote.open(path, "rb") as f:
+        return await f.read(_SMALL_FILE, 0)
 
 
 async def _all(*aws: Awaitable[Any]) -> list[Any]:
@@ -914,20 +979,15 @@ async def _settle(fut: asyncio.Future[T] | None) -> None:
         fut.exception()
 
 
-async def _remove_quietly(sftp: asyncssh.SFTPClient, path: str) -> None:
-    """Best effort, bounded: a temp file that cannot be removed now is swept later."""
+async def _remove_quietly(remote: Remote, path: str) -> None:
+    """Best effort: a temp file that cannot be removed now is swept later."""
     with contextlib.suppress(asyncssh.Error, OSError):
-        async with asyncio.timeout(5):
-            await sftp.remove(path)
-
-
-async def _close_quietly(f: asyncssh.SFTPClientFile) -> None:
-    with contextlib.suppress(asyncssh.Error, OSError):
-        async with asyncio.timeout(5):
-            await f.close()
+        await remote.remove(path)
 
 
 def _describe(where: str, exc: BaseException) -> str:
+    if isinstance(exc, Stalled):
+        return f"{where}: {exc}"
     return f"{where}: connection lost: {exc or type(exc).__name__}"
 
 

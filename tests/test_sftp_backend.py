@@ -9,12 +9,13 @@ import json
 import logging
 import os
 import shutil
+import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import asyncssh
 import psutil
@@ -34,6 +35,7 @@ from blobstore import (
     StorageFull,
     sshsend,
 )
+from blobstore.sftp_pool import Channel, Remote, Stalled
 from blobstore.sshsend import fast_channel_data, fast_requests
 from blobstore.sshtune import (
     _KeyedGCMCipher,
@@ -919,3 +921,394 @@ async def test_ignore_packets_only_for_cbc(
     finally:
         conn.close()
         await conn.wait_closed()
+
+
+# -- a stuck SFTP server, a store directory that went or cannot be written ----------------------
+
+
+SFTP_SERVER = "/usr/lib/openssh/sftp-server"
+
+
+def sftp_processes(server: SshdServer, backend: SftpBackend | None = None) -> list[psutil.Process]:
+    """The processes serving SFTP for ``server`` (each session's child); only those of
+    ``backend``'s connections when given."""
+    ports = None
+    if backend is not None:
+        ports = {c.conn.get_extra_info("sockname")[1] for c in backend._pool._live()}
+    found = []
+    assert server.proc is not None
+    for proc in psutil.Process(server.proc.pid).children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if not any(s in " ".join(proc.cmdline()) for s in ("internal-sftp", "sftp-server")):
+                continue
+            session = proc.parent()
+            if ports is not None and not any(
+                c.raddr and c.raddr.port in ports for c in session.net_connections(kind="tcp")
+            ):
+                continue
+            found.append(proc)
+    return found
+
+
+@pytest.fixture
+def gated_sshd(tmp_path: Path) -> Iterator[SshdServer]:
+    """A server of this test's own whose new SFTP sessions get stuck from their first byte
+    while ``<workdir>/gate`` exists (``sftp_stuck(..., new_ones_too=True)``)."""
+    if not os.path.exists(SFTP_SERVER):
+        pytest.skip(f"no {SFTP_SERVER}")
+    server = SshdServer(tmp_path / "gated")
+    wrapper = server.workdir / "gated-sftp"
+    wrapper.write_text(
+        f'#!/bin/sh\n[ -e "{server.workdir / "gate"}" ] && kill -STOP $$\nexec {SFTP_SERVER}\n'
+    )
+    wrapper.chmod(0o755)
+    config = server.config.read_text()
+    server.config.write_text(config.replace("internal-sftp", str(wrapper)))
+    server.start()
+    yield server
+    server.stop()
+
+
+@contextlib.asynccontextmanager
+async def sftp_stuck(
+    server: SshdServer, backend: SftpBackend | None = None, *, new_ones_too: bool = False
+) -> AsyncIterator[None]:
+    """The server's SFTP processes stopped (SIGSTOP), as when they hang on a dead disk or NFS
+    mount while their SSH sessions still answer keepalives; only ``backend``'s when given.
+    ``new_ones_too`` (a ``gated_sshd``): every session opened meanwhile is stuck as well. All
+    are let go (SIGCONT) on the way out."""
+    gate = server.workdir / "gate"
+    if new_ones_too:
+        gate.touch()
+    stopped = []
+    for proc in sftp_processes(server, backend):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.suspend()
+            stopped.append(proc)
+    assert stopped, "no SFTP process to stop"
+    try:
+        yield
+    finally:
+        gate.unlink(missing_ok=True)
+        for proc in {p.pid: p for p in stopped + sftp_processes(server)}.values():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.resume()
+
+
+IO_TIMEOUT = 1.0
+
+
+@pytest.mark.parametrize("stuck_at", ["open", "write", "commit"])
+async def test_a_put_on_a_stuck_sftp_server_is_unavailable_within_the_request_timeout(
+    running: SshdServer, root: Path, stuck_at: str
+) -> None:
+    """The server's SFTP process stops answering (its SSH session still does): the upload
+    fails with BackendUnavailable once a request has waited the request timeout, wherever it
+    was, and its connection is dropped, so that the next upload gets a fresh one."""
+    backend = make_backend(running, root, io_timeout=IO_TIMEOUT)
+    await backend.start()
+    received = asyncio.Event()
+    go_on = asyncio.Event()
+
+    async def body() -> AsyncIterator[bytes]:
+        for i in range(8):
+            yield os.urandom(CHUNK)
+            if (stuck_at, i) in (("write", 3), ("commit", 7)):
+                received.set()
+                await go_on.wait()
+
+    try:
+        channel = await backend._pool.lease()
+        async with contextlib.AsyncExitStack() as stack:
+            if stuck_at == "open":
+                await stack.enter_async_context(sftp_stuck(running, backend))
+            task = asyncio.create_task(backend.put(body()))
+            if stuck_at != "open":
+                await asyncio.wait_for(received.wait(), 10)
+                await asyncio.sleep(0.1)  # the blocks before are written
+                await stack.enter_async_context(sftp_stuck(running, backend))
+                go_on.set()
+            t0 = time.monotonic()
+            done, _ = await asyncio.wait([task], timeout=IO_TIMEOUT + 10)
+            assert done, "the upload never ended"
+            with pytest.raises(BackendUnavailable, match="no answer in 1 s"):
+                task.result()
+            assert time.monotonic() - t0 < IO_TIMEOUT + 1.5
+            assert not channel.alive
+            # While the stuck process is still stuck: a fresh connection serves the next one.
+            data = os.urandom(100_000)
+            assert (await backend.put(chunks_of(data))).created
+            assert await read_all(backend, digest_of(data)) == data
+            assert await backend._pool.lease() is not channel
+        assert files_under(root, "blobs") == [
+            f"{digest_of(data).hex[:2]}/{digest_of(data).hex[2:4]}/{digest_of(data).hex}"
+        ]
+    finally:
+        await backend.close()
+
+
+async def test_every_operation_on_a_stuck_sftp_server_ends_within_its_deadlines(
+    gated_sshd: SshdServer,
+) -> None:
+    """Every session the server opens gets stuck too (a hung disk stalls them all): each
+    operation fails with BackendUnavailable after a request timeout or two (one retry on a
+    fresh connection), none hangs, and all work again once the server does."""
+    backend = make_backend(gated_sshd, gated_sshd.root / "store", io_timeout=IO_TIMEOUT)
+    await backend.start()
+    try:
+        data = os.urandom(300_000)
+        d = (await backend.put(chunks_of(data))).info.digest
+        backend._info.clear()
+        sha = hashlib.sha256(data).digest()
+
+        async def walk() -> None:
+            _ = [x async for x in backend.iter_digests()]
+
+        async with sftp_stuck(gated_sshd, backend, new_ones_too=True):
+            operations: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+                ("put", lambda: backend.put(chunks_of(os.urandom(1000)))),
+                ("stat", lambda: backend.stat(d)),
+                ("exists", lambda: backend.exists(digest_of(b"unknown"))),
+                ("open", lambda: read_all(backend, d)),
+                ("resolve_sha256", lambda: backend.resolve_sha256(sha)),
+                ("delete", lambda: backend.delete(digest_of(b"unknown"))),
+                ("iter_digests", walk),
+                ("ping", lambda: backend.ping()),
+                ("ready", lambda: backend.ready()),
+            ]
+            for name, op in operations:
+                t0 = time.monotonic()
+                try:
+                    await asyncio.wait_for(op(), 10 * IO_TIMEOUT)
+                except BackendUnavailable:
+                    pass
+                except TimeoutError:
+                    pytest.fail(f"{name} hung")
+                else:
+                    pytest.fail(f"{name} succeeded on a stuck server")
+                # A retry each: a request timeout, a new connection, another timeout.
+                assert time.monotonic() - t0 < 3 * IO_TIMEOUT + 2, name
+        assert await read_all(backend, d) == data
+        assert (await backend.put(chunks_of(b"once the server answers again"))).created
+        await backend.ready()
+    finally:
+        await backend.close()
+
+
+async def test_the_layout_removed_behind_the_store_is_made_again(
+    sftp: SftpBackend, running: SshdServer, root: Path
+) -> None:
+    """tmp/ (or all of the store's directories, blobs, metadata and index with them) removed
+    while the store runs: the next upload makes what it needs again, instead of failing until
+    a restart."""
+    first = os.urandom(100_000)
+    assert (await sftp.put(chunks_of(first))).created
+    shutil.rmtree(root / "tmp")
+    again = os.urandom(100_000)
+    assert (await sftp.put(chunks_of(again))).created
+    await sftp.ready()
+    for part in ("tmp", "blobs", "meta", "sha256"):
+        shutil.rmtree(root / part)
+    await sftp.ready()  # makes tmp/ again
+    assert (root / "tmp").is_dir()
+    data = bytes_in_new_shards(first)
+    result = await sftp.put(chunks_of(data), content_type="model/gltf-binary")
+    assert result.created
+    # Whole, with its metadata and index: a node without cached info reads them.
+    fresh = make_backend(running, root)
+    try:
+        assert await fresh.stat(result.info.digest) == result.info
+        assert await fresh.resolve_sha256(result.info.sha256) == result.info.digest
+        assert await read_all(fresh, result.info.digest) == data
+    finally:
+        await fresh.close()
+    assert files_under(root, "tmp") == []
+
+
+async def test_the_store_directory_gone_is_unavailable_and_not_made_behind_the_operator(
+    sftp: SftpBackend, root: Path
+) -> None:
+    """The store's own directory missing (a volume not mounted, a wrong path): a 503 that says
+    so, and nothing is written where the store was (under a mount point); a start makes it."""
+    assert (await sftp.put(chunks_of(b"before"))).created
+    shutil.rmtree(root)
+    with pytest.raises(BackendUnavailable, match="store's directory is missing"):
+        await sftp.put(chunks_of(os.urandom(10_000)))
+    with pytest.raises(BackendUnavailable, match="store's directory is missing"):
+        await sftp.ready()
+    with pytest.raises(BackendUnavailable, match="store's directory is missing"):
+        await sftp.ping()
+    assert not stored_anything(root)
+    await sftp.start()
+    await sftp.ready()
+    assert (await sftp.put(chunks_of(b"after"))).created
+
+
+@contextlib.contextmanager
+def immutable(*paths: Path) -> Iterator[None]:
+    """``chattr +i``: nothing can be made, renamed or removed in these directories, not even by
+    root (the server logs in as root here), so the server answers "permission denied"."""
+    made = subprocess.run(["chattr", "+i", *map(str, paths)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"chattr +i does not work here: {made.stderr.decode().strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", *map(str, paths)], check=True)
+
+
+async def test_a_store_the_server_will_not_let_us_write_is_unavailable(
+    sftp: SftpBackend, root: Path
+) -> None:
+    """Permission denied on tmp/ or on a shard directory: BackendUnavailable (a 503 that says
+    what the server refused), not a bare SFTP error (a 500); fine again once it is writable."""
+    with immutable(root / "tmp"):
+        with pytest.raises(BackendUnavailable, match="refuses to write"):
+            await sftp.put(chunks_of(os.urandom(10_000)))
+        with pytest.raises(BackendUnavailable, match="refuses to write"):
+            await sftp.ready()
+    await sftp.ready()
+    data = os.urandom(10_000)
+    d = digest_of(data)
+    # Its second level of shard directories cannot be made.
+    with immutable(root / "blobs" / d.hex[:2]), pytest.raises(BackendUnavailable, match="refuses"):
+        await sftp.put(chunks_of(data))
+    assert files_under(root, "tmp") == []
+    assert (await sftp.put(chunks_of(data))).created
+
+
+def remount(mount: Path, mode: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,{mode}", str(mount)], check=True)
+
+
+async def test_a_read_only_file_system_is_unavailable_not_full(
+    running: SshdServer, tiny_fs: Path
+) -> None:
+    """EROFS arrives as a plain SFTP "failure", as ENOSPC does: the server's statvfs says
+    which. Read-only is a 503 (the store cannot take writes now), not a 507."""
+    backend = make_backend(running, tiny_fs)
+    await backend.start()
+    kept = os.urandom(10_000)
+    d = (await backend.put(chunks_of(kept))).info.digest
+    backend._info.clear()
+    remount(tiny_fs, "ro")
+    try:
+        with pytest.raises(BackendUnavailable, match="read-only"):
+            await backend.put(chunks_of(os.urandom(10_000)))
+        with pytest.raises(BackendUnavailable, match="read-only"):
+            await backend.ready()
+        assert await read_all(backend, d) == kept  # reads go on
+    finally:
+        remount(tiny_fs, "rw")
+    try:
+        await backend.ready()
+        assert (await backend.put(chunks_of(os.urandom(10_000)))).created
+    finally:
+        await backend.close()
+
+
+async def test_ready_says_when_the_disk_is_full(running: SshdServer, tiny_fs: Path) -> None:
+    backend = make_backend(running, tiny_fs)
+    await backend.start()
+    try:
+        await backend.ready()
+        filler = tiny_fs / "filler"
+        with contextlib.suppress(OSError), filler.open("wb") as f:
+            while True:
+                f.write(os.urandom(64 * 1024))
+        with pytest.raises(StorageFull, match="disk is full"):
+            await backend.ready()
+        filler.unlink()
+        await backend.ready()
+        assert files_under(tiny_fs, "tmp") == []
+    finally:
+        await backend.close()
+
+
+@pytest.mark.parametrize(
+    ("message", "answer"),
+    [
+        ("Failure", BackendUnavailable),  # OpenSSH's only words for EDQUOT, EIO, EFBIG ...
+        ("No space left on device", StorageFull),  # servers that send strerror (ProFTPD)
+        ("Disk quota exceeded", StorageFull),
+        ("Read-only file system", BackendUnavailable),
+    ],
+)
+async def test_a_failure_the_server_does_not_explain_is_not_taken_for_a_full_disk(
+    sftp: SftpBackend, message: str, answer: type[Exception]
+) -> None:
+    """A plain "failure" while the server's file system has room and is writable is a 503
+    that says what the server answered; 507 only where the server says the disk is full or
+    a quota is reached, or its statvfs shows it full."""
+    refusal = await sftp._run(lambda remote: sftp._refusal(remote, asyncssh.SFTPFailure(message)))
+    assert type(refusal) is answer
+    if message == "Failure":
+        assert "has room and is writable" in str(refusal)
+
+
+class _Connection:
+    """Stands in for an SSH connection: all a ``Channel``'s deadlines do with it is close it."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closed(self) -> bool:
+        return self.closed
+
+
+async def test_a_request_is_timed_from_when_the_server_could_start_on_it() -> None:
+    """A server works through a connection's requests in turn: only the oldest unanswered one
+    is judged, from its predecessor's answer. Fifty requests sent at once behind a long one
+    (a large fsync, with a deadline of its own), all answered in turn, take far longer than
+    one request's deadline, and nothing is taken for stuck."""
+    conn = _Connection()
+    channel = Channel(cast(Any, conn), cast(Any, None))
+    remote = Remote(channel, 0.1)
+    turn = asyncio.Lock()  # first come, first served: the server's one worker
+
+    async def served(seconds: float) -> float:
+        async with turn:
+            await asyncio.sleep(seconds)
+        return seconds
+
+    t0 = time.monotonic()
+    answers = await asyncio.gather(
+        remote.ask(served(0.3), "fsync", "a large blob", within=1.0),
+        *(remote.ask(served(0.02), "read", i) for i in range(50)),
+    )
+    assert time.monotonic() - t0 > 1.0
+    assert answers == [0.3] + [0.02] * 50
+    assert channel.alive
+    assert not conn.closed
+
+
+async def test_an_unanswered_request_gives_the_connection_up_and_fails_all_on_it() -> None:
+    """The oldest request gets no answer within its deadline: the connection is closed and
+    every request still waiting on it raises Stalled; an answer out of turn to a later request
+    does not reset the oldest one's clock; a request cancelled by its caller stays cancelled."""
+    conn = _Connection()
+    channel = Channel(cast(Any, conn), cast(Any, None))
+    remote = Remote(channel, 0.2)
+    never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    abandoned = asyncio.create_task(remote.ask(asyncio.sleep(10), "read", "abandoned"))
+    await asyncio.sleep(0)
+    abandoned.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await abandoned
+    t0 = time.monotonic()
+    answers = await asyncio.gather(
+        remote.ask(never, "open", "stuck"),
+        remote.ask(asyncio.sleep(0.05, "out of turn"), "stat", "quick"),
+        remote.ask(asyncio.sleep(5, "too late"), "stat", "behind"),
+        return_exceptions=True,
+    )
+    assert 0.2 <= time.monotonic() - t0 < 0.5
+    assert isinstance(answers[0], Stalled)
+    assert "no answer in 0.2 s to open stuck" in str(answers[0])
+    assert answers[1] == "out of turn"
+    assert isinstance(answers[2], Stalled)
+    assert conn.closed
+    assert not channel.alive
