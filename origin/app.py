@@ -116,8 +116,10 @@ async def readyz(request: web.Request) -> web.Response:
     """Ready while the durable store answers; cache tiers that are down make it "degraded"."""
     tiered = request.app[TIERS]
     tiers = [asdict(report) for report in await tiered.health()]
+    store = tiered.durable
     try:
-        await tiered.durable.exists(NEVER_STORED)
+        # SFTP: a temp file made and removed, and the server's statvfs: that it takes writes.
+        await (store.ready() if isinstance(store, SftpBackend) else store.exists(NEVER_STORED))
         durable: dict[str, object] = {"name": "durable", "healthy": True}
     except Exception as exc:
         durable = {"name": "durable", "healthy": False, "last_error": str(exc)}

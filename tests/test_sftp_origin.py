@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shutil
 import socket
 import threading
 import time
@@ -272,3 +274,19 @@ def test_a_client_that_stops_reading_a_cold_get_holds_up_no_one(
             assert chunk, "the stalled client's download was cut short"
             received += chunk
     assert received.partition(b"\r\n\r\n")[2] == data
+
+
+def test_readiness_says_when_the_store_cannot_take_writes(
+    sftp_origin: LiveOrigin, sshd: SshdServer
+) -> None:
+    """The store's directory gone (a volume that did not mount): reads of it say nothing is
+    there, which readiness took for health. It now makes and removes a temp file."""
+    assert b'"ready"' in http(sftp_origin, "GET", "/readyz")[1]
+    shutil.rmtree(sshd.root)
+    status, body = http(sftp_origin, "GET", "/readyz")
+    assert (status, json.loads(body)["status"]) == (200, "degraded")  # the disk cache serves
+    durable = json.loads(body)["tiers"][-1]
+    assert durable["name"] == "durable"
+    assert not durable["healthy"]
+    sshd.root.mkdir()
+    assert b'"ready"' in http(sftp_origin, "GET", "/readyz")[1]
