@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import queue
@@ -128,13 +129,13 @@ def live_origin(tmp_path: Path) -> Iterator[LiveOrigin]:
     origin.stop()
 
 
-@pytest.fixture
-def tiny_fs(tmp_path: Path) -> Iterator[Path]:
-    """A real 2 MiB file system (tmpfs), so ENOSPC comes from the kernel, not from a mock."""
-    mount = tmp_path / "tiny"
+@contextlib.contextmanager
+def mounted_tmpfs(mount: Path, options: str) -> Iterator[Path]:
+    """A real tmpfs at ``mount`` (made) with mount ``options``; skips the test where none can
+    be mounted."""
     mount.mkdir()
     made = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)], capture_output=True
     )
     if made.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()}")
@@ -142,6 +143,13 @@ def tiny_fs(tmp_path: Path) -> Iterator[Path]:
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Iterator[Path]:
+    """A real 2 MiB file system (tmpfs), so ENOSPC comes from the kernel, not from a mock."""
+    with mounted_tmpfs(tmp_path / "tiny", "size=2m") as mount:
+        yield mount
 
 
 def bytes_in_new_shards(than: bytes, size: int = 1000) -> bytes:
@@ -208,6 +216,15 @@ def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite+aiosqlite:///{tmp_path / 'catalog.sqlite'}"
     server: PostgresServer = request.getfixturevalue("postgres")
     return server.create_database()
+
+
+@pytest.fixture
+async def catalog(catalog_url: str) -> AsyncIterator[Catalog]:
+    """A migrated catalog on each of SQLite and PostgreSQL."""
+    cat = Catalog.connect(catalog_url)
+    await upgrade(cat.engine)
+    yield cat
+    await cat.close()
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import hashlib
 import logging
 import re
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -37,14 +36,6 @@ from origin.catalog import (
 from origin.catalog.schema import metadata
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-async def catalog(catalog_url: str) -> AsyncIterator[Catalog]:
-    cat = Catalog.connect(catalog_url)
-    await upgrade(cat.engine)
-    yield cat
-    await cat.close()
 
 
 def blob_info(data: bytes, content_type: str = "model/gltf-binary") -> BlobInfo:

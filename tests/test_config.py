@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from origin.config import Config, ConfigError, MiB, load_config, parse_size
 
+from .conftest import mounted_tmpfs
 from .redis_server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -227,7 +228,7 @@ def test_errors_do_not_show_passwords() -> None:
 )  # fmt: skip
 def test_validate_checks_types_of_a_config_built_in_code(key: str, value: object) -> None:
     with pytest.raises(ConfigError, match=f"^{key}: expected"):
-        dataclasses.replace(Config(), **{key: value}).validate()
+        dataclasses.replace(Config(), **{key: value}).validate()  # type: ignore[arg-type]
 
 
 # -- origin serve: one line on stderr and status 2, nothing started ---------------------------
@@ -358,17 +359,8 @@ def test_serve_with_a_data_dir_that_cannot_be_made(tmp_path: Path) -> None:
 @pytest.fixture
 def read_only_dir(tmp_path: Path) -> Iterator[Path]:
     """A read-only file system (tmpfs mounted ro): root may write anywhere else."""
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    made = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)], capture_output=True
-    )
-    if made.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "ro", "ro,size=1m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_serve_with_a_read_only_data_dir(tmp_path: Path, read_only_dir: Path) -> None:

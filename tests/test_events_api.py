@@ -235,7 +235,11 @@ async def test_events_the_catalog_refuses_are_dropped_and_the_rest_written(
     catalog = Catalog.connect(postgres.create_database())
     await upgrade(catalog.engine)
     events = RecommenderCatalog(catalog.engine)
-    buffer = EventBuffer(events.add_events, capacity=100, batch_size=50, flush_interval=0.01)
+
+    async def write(batch: Sequence[EventRecord]) -> None:
+        await events.add_events(batch)
+
+    buffer = EventBuffer(write, capacity=100, batch_size=50, flush_interval=0.01)
     buffer.start()
     batch = [_event() for _ in range(20)]
     batch[3] = _event("u" * 300)  # longer than the column: SQLSTATE 22001

@@ -942,6 +942,7 @@ def sftp_processes(server: SshdServer, backend: SftpBackend | None = None) -> li
             if not any(s in " ".join(proc.cmdline()) for s in ("internal-sftp", "sftp-server")):
                 continue
             session = proc.parent()
+            assert session is not None
             if ports is not None and not any(
                 c.raddr and c.raddr.port in ports for c in session.net_connections(kind="tcp")
             ):

@@ -3,25 +3,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
-
 from blobstore import DiskBackend
-from origin.catalog import Catalog, upgrade
+from origin.catalog import Catalog
 from origin.verify import verify
 
 from .conftest import LiveOrigin, chunks_of
 from .test_live_server import auth, b3, http, origin_cli
-
-
-@pytest.fixture
-async def catalog(catalog_url: str) -> AsyncIterator[Catalog]:
-    catalog = Catalog.connect(catalog_url)
-    await upgrade(catalog.engine)
-    yield catalog
-    await catalog.close()
 
 
 async def test_verify_finds_corrupt_missing_and_unrecorded_blobs(
