@@ -46,6 +46,7 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
         response = await _problem_response(request, from_http_exception(exc))
     except Exception as exc:
         if _client_gone(request):
+            log.debug("%s %s: the client left (%r)", request.method, request.path, exc)
             response = _dropped(499)
         elif request.writer.output_size:
             # The status line and part of the body are out: a problem response written now
