@@ -11,6 +11,7 @@ import hashlib
 import http.client
 import json
 import os
+import random
 import re
 import sqlite3
 import threading
@@ -107,6 +108,73 @@ def upstream_ports(origin: LiveOrigin) -> set[int]:
         for c in psutil.Process(pid).net_connections("tcp")
         if c.status == psutil.CONN_ESTABLISHED and c.laddr.port == origin.port and c.raddr
     }
+
+
+# What an answer says, to compare the edge's with the origin's: the status, the body and every
+# header, repeats included, but the connection's own, Date, Server and the edge's X-Cache-Status.
+_NOT_COMPARED = {"connection", "keep-alive", "date", "server", "x-cache-status", "x-accel-redirect"}
+
+
+def answer(reply: Reply) -> tuple[int, list[tuple[str, str]], bytes]:
+    headers = [(k.lower(), v) for k, v in reply.headers.items() if k.lower() not in _NOT_COMPARED]
+    return reply.status, sorted(headers), reply.body
+
+
+def range_asks(size: int, digest: str) -> list[tuple[str, dict[str, str]]]:
+    """Request shapes for a blob of ``size`` bytes: plain ranges nginx cuts from its slices,
+    ranges past the end, malformed ones, several, another unit, conditionals, HEAD."""
+    tag = f'"{digest}"'
+    return [
+        ("GET", {}),
+        ("HEAD", {}),
+        ("GET", {"Range": "bytes=0-9"}),
+        ("GET", {"Range": f"bytes={size - 1}-"}),
+        ("GET", {"Range": f"bytes={size - 5}-{size + 5}"}),
+        ("GET", {"Range": "bytes=-7"}),
+        ("GET", {"Range": f"bytes=-{size + 50}"}),
+        ("GET", {"Range": f"bytes={size}-"}),
+        ("GET", {"Range": f"bytes={size + 10}-{size + 20}"}),
+        ("GET", {"Range": f"bytes={size + SLICE}-"}),
+        ("GET", {"Range": "bytes=-0"}),
+        ("GET", {"Range": "bytes=5-2"}),
+        ("GET", {"Range": "bytes=abc"}),
+        ("GET", {"Range": "bytes="}),
+        ("GET", {"Range": "bytes=1 -2"}),
+        ("GET", {"Range": "bytes=0-99999999999999999999"}),
+        ("GET", {"Range": "bytes=1-2,"}),
+        ("GET", {"Range": "bytes=0-1,5-9"}),
+        ("GET", {"Range": f"bytes={size}-,0-1"}),
+        ("GET", {"Range": "items=0-5"}),
+        ("HEAD", {"Range": "bytes=0-3"}),
+        ("GET", {"Range": "bytes=1-4", "If-Range": tag}),
+        ("GET", {"Range": "bytes=1-4", "If-Range": '"other"'}),
+        ("GET", {"Range": f"bytes={size}-", "If-Range": tag}),
+        ("GET", {"Range": f"bytes={size}-", "If-Range": '"other"'}),
+        ("GET", {"If-None-Match": tag}),
+        ("GET", {"If-None-Match": tag, "Range": f"bytes={size}-"}),
+        ("GET", {"If-None-Match": tag, "Range": "bytes=0-3"}),
+        ("HEAD", {"If-None-Match": tag}),
+    ]
+
+
+def new_asset(origin: LiveOrigin, digest: str) -> str:
+    body = json.dumps({"name": "Thing", "kind": "prop", "blob": digest}).encode()
+    reply = call(origin.url, "POST", "/assets", body, {**AUTH, "Content-Type": "application/json"})
+    assert reply.status == 201, reply.body
+    return str(json.loads(reply.body)["identifier"])
+
+
+def downloads(origin: LiveOrigin, asset: str, *, at_least: int = 0) -> int:
+    """The download events of ``asset`` in the origin's catalog, once there are ``at_least``
+    (or after a few flushes of the origin's event buffer, when none are awaited)."""
+    deadline = time.monotonic() + (10 if at_least else 2)
+    while True:
+        with sqlite3.connect(origin.data_dir / "catalog.sqlite") as db:
+            rows = db.execute("SELECT asset_id FROM events WHERE kind = 'download'").fetchall()
+        count = sum(str(uuid.UUID(str(a))) == asset for (a,) in rows)
+        if (at_least and count >= at_least) or time.monotonic() > deadline:
+            return count
+        time.sleep(0.1)
 
 
 # -- fixtures ---------------------------------------------------------------------------------
@@ -408,6 +476,168 @@ def test_cached_blob_is_served_while_the_origin_is_down(tmp_path: Path) -> None:
         origin.stop()
 
 
+def test_cache_mode_416_is_the_origins(cached: tuple[LiveOrigin, EdgeNginx]) -> None:
+    """A range nginx finds unsatisfiable from the slice it holds: its 416 used to carry that
+    slice's headers as well as the origin's (two Cache-Control, two Content-Range, two
+    X-Cache-Status, the ETag and Repr-Digest of the blob)."""
+    origin, edge = cached
+    warm = pattern_blob(5000, b"416-warm")
+    warm_digest = store(origin, warm)
+    assert call(edge.url, "GET", f"/blobs/{warm_digest}").body == warm
+    for spec in ("5000-", "5010-5020", "-0", "5-2", "abc"):
+        cold_digest = store(origin, pattern_blob(5000, b"416-cold-" + spec.encode()))
+        for digest in (cold_digest, warm_digest):
+            path, ask = f"/blobs/{digest}", {"Range": f"bytes={spec}"}
+            mine = call(edge.url, "GET", path, headers=ask)
+            theirs = call(origin.url, "GET", path, headers=ask)
+            assert theirs.status == 416
+            assert answer(mine) == answer(theirs), (spec, digest == warm_digest)
+            assert mine.headers.get_all("Content-Range") == ["bytes */5000"]
+            assert mine.headers.get_all("Cache-Control") == ["no-store"]
+            assert mine.header("Content-Type") == "application/problem+json"
+            assert mine.header("ETag") is None
+            assert mine.header("Repr-Digest") is None
+            assert len(mine.headers.get_all("X-Cache-Status") or []) == 1
+
+
+def test_cache_mode_206_announces_accept_ranges(cached: tuple[LiveOrigin, EdgeNginx]) -> None:
+    """As the origin does on every blob response; nginx adds it to a 200 only."""
+    origin, edge = cached
+    data = pattern_blob(SLICE + 5000, b"accept-ranges")
+    digest = store(origin, data)
+    for spec, first, last in (("0-9", 0, 9), (f"{SLICE - 5}-{SLICE + 4}", SLICE - 5, SLICE + 4),
+                              ("-10", len(data) - 10, len(data) - 1), ("0-9", 0, 9)):  # fmt: skip
+        part = call(edge.url, "GET", f"/blobs/{digest}", headers={"Range": f"bytes={spec}"})
+        assert (part.status, part.body) == (206, data[first : last + 1])
+        assert part.headers.get_all("Accept-Ranges") == ["bytes"], part.header("X-Cache-Status")
+        assert part.headers.get_all("Content-Range") == [f"bytes {first}-{last}/{len(data)}"]
+    whole = call(edge.url, "GET", f"/blobs/{digest}")
+    assert (whole.status, whole.headers.get_all("Accept-Ranges")) == (200, ["bytes"])
+
+
+def test_cache_mode_ignores_a_range_on_head(cached: tuple[LiveOrigin, EdgeNginx]) -> None:
+    """docs/DECISIONS.md: Range on HEAD is ignored; nginx used to answer 206, 4 bytes long."""
+    origin, edge = cached
+    data = pattern_blob(5000, b"head-range")
+    digest = store(origin, data)
+    for _ in ("cold", "warm"):
+        mine = call(edge.url, "HEAD", f"/blobs/{digest}", headers={"Range": "bytes=0-3"})
+        theirs = call(origin.url, "HEAD", f"/blobs/{digest}", headers={"Range": "bytes=0-3"})
+        assert (mine.status, mine.header("Content-Length")) == (200, "5000")
+        assert mine.header("Content-Range") is None
+        assert answer(mine) == answer(theirs)
+        assert call(edge.url, "GET", f"/blobs/{digest}").body == data
+
+
+@pytest.mark.parametrize("size", [5000, SLICE + 5000], ids=["one-slice", "two-slices"])
+def test_cache_mode_answers_every_request_shape_as_the_origin(
+    cached: tuple[LiveOrigin, EdgeNginx], size: int
+) -> None:
+    """Header for header and byte for byte, cold (each shape the blob's first request) and warm:
+    plain ranges nginx cuts from its slices, and every other shape (several ranges, malformed
+    ones, ``bytes=``, numbers nginx's parser reads differently) sent on to the origin."""
+    origin, edge = cached
+    warm = pattern_blob(size, b"shapes")
+    warm_digest = store(origin, warm)
+    assert call(edge.url, "GET", f"/blobs/{warm_digest}").body == warm
+    for cold in (True, False):
+        for i, (method, ask) in enumerate(range_asks(size, "DIGEST")):
+            digest = store(origin, pattern_blob(size, b"shape%d" % i)) if cold else warm_digest
+            ask = {k: v.replace("DIGEST", digest) for k, v in ask.items()}
+            path = f"/blobs/{digest}"
+            mine = call(edge.url, method, path, headers=ask)
+            theirs = call(origin.url, method, path, headers=ask)
+            assert answer(mine) == answer(theirs), (method, ask, "cold" if cold else "warm")
+            assert len(mine.headers.get_all("X-Cache-Status") or []) == 1, (method, ask)
+
+
+def test_cache_mode_compares_range_numbers_as_the_origin(
+    cached: tuple[LiveOrigin, EdgeNginx],
+) -> None:
+    """nginx config has no arithmetic: whether last >= first, and whether first >= the blob's
+    size, are regular expressions over the digits. Random pairs around the size, as long and
+    one digit longer or shorter, against the origin's answers."""
+    origin, edge = cached
+    size = 12_345
+    data = pattern_blob(size, b"numbers")
+    digest = store(origin, data)
+    path = f"/blobs/{digest}"
+    assert call(edge.url, "GET", path).body == data
+    rng = random.Random(20261203)
+
+    def near(n: int) -> int:
+        return max(0, rng.choice([n, n - 1, n + 1, rng.randrange(10 ** len(str(n)))]))
+
+    specs = {f"{size}-", f"{size - 1}-", f"{size}-{size}", f"{size - 1}-{size - 1}"}
+    while len(specs) < 150:
+        first = near(rng.choice([size, size // 10, size * 10, rng.randrange(2 * size)]))
+        last = near(rng.choice([first, first // 10, first * 10, rng.randrange(2 * size)]))
+        specs.add(f"{first}-{last}" if rng.random() < 0.8 else f"{first}-")
+    for spec in sorted(specs):
+        mine = call(edge.url, "GET", path, headers={"Range": f"bytes={spec}"})
+        theirs = call(origin.url, "GET", path, headers={"Range": f"bytes={spec}"})
+        assert answer(mine) == answer(theirs), spec
+
+
+def test_cache_mode_records_downloads_it_serves_from_the_cache(
+    cached: tuple[LiveOrigin, EdgeNginx],
+) -> None:
+    """A GET with a token is a download (README); the edge mirrors it to the origin (a GET with
+    the token and If-None-Match: *), so a cache hit is recorded too, and a miss once."""
+    origin, edge = cached
+    data = pattern_blob(100_000, b"edge-download")
+    digest = store(origin, data)
+    asset = new_asset(origin, digest)
+    path = f"/blobs/{digest}"
+    # Anonymous reads and a HEAD with a token are not downloads.
+    assert call(edge.url, "GET", path).status == 200
+    assert call(edge.url, "HEAD", path, headers=AUTH).status == 200
+    assert call(edge.url, "GET", path, headers={"Range": "bytes=0-9"}).status == 206
+    assert downloads(origin, asset) == 0
+    got = call(edge.url, "GET", path, headers=AUTH)
+    assert (got.status, got.header("X-Cache-Status"), got.body) == (200, "HIT", data)
+    assert downloads(origin, asset, at_least=1) == 1
+    # The fill, then the mirror's conditional GET (no bytes), and nothing else.
+    assert sorted(logged_status(line) for line in origin_gets(origin, digest)) == [206, 304]
+
+    # A miss: the slice is filled anonymously and the download recorded by the mirror alone.
+    other = pattern_blob(5000, b"edge-download-miss")
+    other_digest = store(origin, other)
+    other_asset = new_asset(origin, other_digest)
+    got = call(edge.url, "GET", f"/blobs/{other_digest}", headers=AUTH)
+    assert (got.status, got.header("X-Cache-Status"), got.body) == (200, "MISS", other)
+    assert downloads(origin, other_asset, at_least=1) == 1
+    assert sorted(logged_status(line) for line in origin_gets(origin, other_digest)) == [206, 304]
+
+
+def test_a_range_past_the_end_is_answered_while_the_origin_is_down(tmp_path: Path) -> None:
+    """nginx knows the size from the slice it holds: its 416 is the origin's, origins or not.
+    Past the last slice it would have to ask an origin for the size (a 502 without one)."""
+    origin = _origin(tmp_path / "data")
+    edge = EdgeNginx(tmp_path / "nginx", [f"127.0.0.1:{origin.port}"])
+    try:
+        edge.start()
+        small, large = pattern_blob(5000, b"down-small"), pattern_blob(SLICE + 5000, b"down-large")
+        asks: list[tuple[str, str]] = []
+        for data in (small, large):
+            digest = store(origin, data)
+            assert call(edge.url, "GET", f"/blobs/{digest}").body == data
+            for spec in (f"{len(data)}-", f"{len(data) + 10}-{len(data) + 20}"):
+                asks.append((f"/blobs/{digest}", f"bytes={spec}"))
+        large_path = asks[-1][0]
+        asks.append((large_path, f"bytes={SLICE + 6000}-"))  # in the last slice, past the end
+        expected = [answer(call(origin.url, "GET", p, headers={"Range": r})) for p, r in asks]
+        assert all(status == 416 for status, _, _ in expected)
+        origin.stop()
+        for (path, spec), theirs in zip(asks, expected, strict=True):
+            assert answer(call(edge.url, "GET", path, headers={"Range": spec})) == theirs, spec
+        beyond = call(edge.url, "GET", large_path, headers={"Range": f"bytes={2 * SLICE}-"})
+        assert beyond.status == 502
+    finally:
+        edge.stop()
+        origin.stop()
+
+
 # -- X-Accel-Redirect mode --------------------------------------------------------------------
 
 
@@ -477,6 +707,49 @@ def test_accel_mode_small_blobs_come_from_the_origin(accel: tuple[LiveOrigin, Ed
     assert (reply.status, reply.body) == (200, data)
     assert reply.header("X-Cache-Status") != "ACCEL"
     assert call(origin.url, "GET", f"/blobs/{digest}").header("X-Accel-Redirect") is None
+
+
+def test_accel_mode_ranges_are_the_origins(accel: tuple[LiveOrigin, EdgeNginx]) -> None:
+    """The origin sees the client's Range (nginx does not slice without a cache): a 416 is the
+    origin's problem+json, not nginx's HTML page with the blob's headers; a range it applies
+    is cut from the file by nginx, Accept-Ranges and all."""
+    origin, edge = accel
+    data = pattern_blob(3 * MiB, b"accel-ranges")
+    digest = store(origin, data)
+    path = f"/blobs/{digest}"
+    for spec in (f"{len(data)}-", f"{len(data) + 10}-{len(data) + 20}", "abc", "5-2", "-0"):
+        mine = call(edge.url, "GET", path, headers={"Range": f"bytes={spec}"})
+        theirs = call(origin.url, "GET", path, headers={"Range": f"bytes={spec}"})
+        assert theirs.header("X-Accel-Redirect") is None
+        assert (theirs.status, theirs.header("Content-Type")) == (416, "application/problem+json")
+        assert answer(mine) == answer(theirs), spec
+        assert len(mine.headers.get_all("X-Cache-Status") or []) == 1
+    for spec, first, last in (("0-9", 0, 9), (f"{len(data) - 10}-", len(data) - 10, len(data) - 1),
+                              ("-10", len(data) - 10, len(data) - 1)):  # fmt: skip
+        part = call(edge.url, "GET", path, headers={"Range": f"bytes={spec}"})
+        assert (part.status, part.body) == (206, data[first : last + 1])
+        assert part.headers.get_all("Content-Range") == [f"bytes {first}-{last}/{len(data)}"]
+        assert part.headers.get_all("Accept-Ranges") == ["bytes"]
+        assert part.header("X-Cache-Status") == "ACCEL"
+    # A small blob, which the origin sends itself: its If-Range decides as well.
+    small = pattern_blob(5000, b"accel-small-range")
+    small_path = f"/blobs/{store(origin, small)}"
+    for ask in ({"Range": "bytes=1-4", "If-Range": '"other"'}, {"Range": "bytes=1-4"},
+                {"Range": "bytes=6000-"}):  # fmt: skip
+        mine = call(edge.url, "GET", small_path, headers=ask)
+        assert answer(mine) == answer(call(origin.url, "GET", small_path, headers=ask)), ask
+
+
+def test_accel_mode_records_token_carrying_downloads(accel: tuple[LiveOrigin, EdgeNginx]) -> None:
+    origin, edge = accel
+    data = pattern_blob(2 * MiB, b"accel-download")
+    digest = store(origin, data)
+    asset = new_asset(origin, digest)
+    assert call(edge.url, "GET", f"/blobs/{digest}").status == 200
+    assert downloads(origin, asset) == 0
+    got = call(edge.url, "GET", f"/blobs/{digest}", headers=AUTH)
+    assert (got.status, got.header("X-Cache-Status"), got.body) == (200, "ACCEL", data)
+    assert downloads(origin, asset, at_least=1) == 1
 
 
 def test_accel_redirect_setting_is_checked() -> None:
