@@ -161,6 +161,7 @@ async def _check_sftp(config: Config) -> None:
     needs; a failure there would otherwise stop every worker with a traceback."""
     if not config.sftp_url:
         return
+    config.check_files()
     assert config.sftp_key is not None  # validated
     try:  # Config.validate read the URL; what is left to refuse here is the key
         SftpBackend.from_url(config.sftp_url, client_keys=[config.sftp_key], known_hosts=None)

@@ -230,17 +230,26 @@ class Config:
              _database_url_problem(self.database_url) if self.database_url else None),
         ]  # fmt: skip
         if self.sftp_url:
-            assert self.sftp_key is not None  # checked above
+            problems.append(("sftp_url", _sftp_url_problem(self.sftp_url)))
+        self._raise_first(problems)
+        return self
+
+    def check_files(self) -> None:
+        """The files the configuration names can be read here (ConfigError if not). Apart
+        from ``validate``: they are this machine's, not the configuration's (a compose file's
+        secrets are mounted only in the container), so commands check them as they start."""
+        if self.sftp_url:
+            assert self.sftp_key is not None  # validated
             assert self.sftp_known_hosts is not None
-            problems += [
-                ("sftp_url", _sftp_url_problem(self.sftp_url)),
+            self._raise_first([
                 ("sftp_key", _file_problem(self.sftp_key)),
                 ("sftp_known_hosts", _file_problem(self.sftp_known_hosts)),
-            ]
+            ])  # fmt: skip
+
+    def _raise_first(self, problems: list[tuple[str, str | None]]) -> None:
         for key, problem in problems:
             if problem:
                 raise ConfigError(f"{key}: {problem} (got {self._shown(key)})")
-        return self
 
     def _shown(self, key: str) -> str:
         """The value for an error message, without secrets."""

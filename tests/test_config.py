@@ -115,13 +115,6 @@ def files(tmp_path: Path) -> dict[str, str]:
         ({"ORIGIN_SFTP_URL": "sftp://u@h:0/p"}, "sftp_url: the port must be a number"),
         ({"ORIGIN_SFTP_URL": "sftp://h:22/p"}, "sftp_url: needs the user to log in as"),
         ({"ORIGIN_SFTP_URL": "sftp://u@:22/p"}, "sftp_url: needs a host"),
-        ({"ORIGIN_SFTP_URL": "sftp://u@h/p", "ORIGIN_SFTP_KEY": "/nonexistent/key"},
-         "sftp_key: cannot read it: No such file or directory (got '/nonexistent/key', from "
-         "environment variable ORIGIN_SFTP_KEY)"),
-        ({"ORIGIN_SFTP_URL": "sftp://u@h/p", "ORIGIN_SFTP_KNOWN_HOSTS": "/nonexistent/kh"},
-         "sftp_known_hosts: cannot read it: No such file"),
-        ({"ORIGIN_SFTP_URL": "sftp://u@h/p", "ORIGIN_SFTP_KEY": "/"},
-         "sftp_key: is not a regular file"),
         ({"ORIGIN_REDIS_URL": "redis://127.0.0.1:abc/0"}, "redis_url: the port must be"),
         ({"ORIGIN_REDIS_URL": "redis://127.0.0.1:99999/0"}, "redis_url: the port must be"),
         ({"ORIGIN_REDIS_URL": "redis://127.0.0.1:6379/cache"},
@@ -154,6 +147,26 @@ def test_bad_values_are_configuration_errors(
 ) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(env={**files, **env})
+    assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"ORIGIN_SFTP_URL": "sftp://u@h/p", "ORIGIN_SFTP_KEY": "/nonexistent/key"},
+         "sftp_key: cannot read it: No such file or directory (got '/nonexistent/key')"),
+        ({"ORIGIN_SFTP_URL": "sftp://u@h/p", "ORIGIN_SFTP_KNOWN_HOSTS": "/nonexistent/kh"},
+         "sftp_known_hosts: cannot read it: No such file"),
+        ({"ORIGIN_SFTP_URL": "sftp://u@h/p", "ORIGIN_SFTP_KEY": "/"},
+         "sftp_key: is not a regular file"),
+    ],
+)  # fmt: skip
+def test_files_that_cannot_be_read_here_are_configuration_errors_at_start(
+    files: dict[str, str], env: dict[str, str], message: str
+) -> None:
+    config = load_config(env={**files, **env})  # valid: the files are the machine's
+    with pytest.raises(ConfigError) as caught:
+        config.check_files()
     assert message in str(caught.value)
 
 
