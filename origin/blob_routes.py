@@ -56,6 +56,13 @@ _SENDFILE_MIN = 64 * 1024
 # What an upload keeps of its body for the glTF facts: a GLB's headers and a JSON chunk of
 # this size, or enough of a .gltf document to sniff it.
 _HEAD = 64 * 1024
+# The Range forms nginx applies to a file as ranges.py reads them: one range, no spaces or
+# leading zeros, at most 18 digits. Under X-Accel-Redirect nginx applies the client's header
+# itself, so a request with any other form is answered here (nginx had its HTML 416 for
+# "1-2," and a 206 without Accept-Ranges for others).
+_NGINX_READS_AS_WE_DO = re.compile(
+    r"bytes=(?:(?:0|[1-9][0-9]{0,17})-(?:0|[1-9][0-9]{0,17})?|-[1-9][0-9]{0,17})"
+)
 # A PUT of a larger body asks the store whether it has the blob before reading the body.
 _ASK_FIRST_ABOVE = 1 << 20
 # RFC 6838 4.2: type and subtype names of at most 127 characters, RFC 9110 token characters.
@@ -150,6 +157,7 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
         accel is not None
         and request.method == "GET"
         and info.size > _SENDFILE_MIN
+        and (byte_range is None or _NGINX_READS_AS_WE_DO.fullmatch(request.headers["Range"]))
         and (accel.disk is not None or await _is_local_file(store, digest))
     ):
         # nginx sends the file and applies the client's Range itself.
