@@ -15,7 +15,14 @@ from . import etags, problems
 from .appkeys import CATALOG, STORE, TIERS
 from .auth import require
 from .blob_routes import blob_facts
-from .catalog import Asset, AssetChanges, AssetNotFound, UnknownBlob, VersionConflict
+from .catalog import (
+    Asset,
+    AssetChanges,
+    AssetNotFound,
+    CatalogBusy,
+    UnknownBlob,
+    VersionConflict,
+)
 from .expect import expecting
 from .json_body import MAX_JSON_BODY, read_json
 from .jsonld import LD_JSON, asset_document, asset_json
@@ -29,6 +36,8 @@ _MAX_PAGE = 500
 _JSON_TYPES = ("application/json", "application/merge-patch+json")
 _CREATE_FIELDS = frozenset({"name", "kind", "blob", "attributes"})
 _PATCH_FIELDS = frozenset({"name", "blob", "attributes", "version"})
+# A conditional PATCH whose asset keeps changing under it is retried, then answered 503 busy.
+_CONDITIONAL_ATTEMPTS = 10
 
 
 def _asset_id(request: web.Request) -> uuid.UUID:
@@ -223,7 +232,7 @@ async def patch_asset(request: web.Request) -> web.Response:
             return None
         return _failed_precondition(request, asset, _opaque_tags(asset.id, asset.version))
 
-    while True:
+    for _ in range(_CONDITIONAL_ATTEMPTS):
         if (failed := failed_on(current)) is not None:
             raise _precondition_failed(current, failed)
         try:
@@ -242,6 +251,8 @@ async def patch_asset(request: web.Request) -> web.Response:
             current = moved
             if expected is not None and failed_on(current) is None:
                 raise _version_conflict(VersionConflict(expected, current.version)) from None
+    else:  # the asset moved on between each read and write (If-Match: * under contention)
+        raise CatalogBusy(f"asset {asset_id} changed under {_CONDITIONAL_ATTEMPTS} attempts")
     return await _render(request, asset)
 
 
