@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import fcntl
 import logging
-import os
 import sqlite3
 import time
 from collections import Counter
@@ -36,7 +35,6 @@ from blobstore import (
     DiskBackend,
     Expectation,
     PutResult,
-    StorageFull,
 )
 
 from .events import CacheEvents, NoEvents
@@ -45,7 +43,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _LOW_WATERMARK = 0.9
-_MIN_FREE = 0.05  # of the cache's file system, kept free whatever max_bytes says
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (digest TEXT PRIMARY KEY, size INTEGER NOT NULL,
                                     atime REAL NOT NULL);
@@ -168,11 +165,7 @@ class DiskCache:
     ) -> PutResult:
         pin = expected.blake3
         with self._pinned(pin) if pin is not None else contextlib.nullcontext():
-            try:
-                result = await self.store.put(chunks, expected, content_type)
-            except StorageFull:
-                self._wake.set()  # the file system is fuller than the bound: sweep now
-                raise
+            result = await self.store.put(chunks, expected, content_type)
         if result.created:
             digest_hex, size, now = result.info.digest.hex, result.info.size, self._clock()
             await self._in_db(lambda db: _record(db, digest_hex, size, now))
@@ -234,10 +227,9 @@ class DiskCache:
         def choose(db: sqlite3.Connection) -> tuple[int, list[tuple[str, int]]]:
             _set_atimes(db, touched)
             total = _total_size(db)
-            bound = self._bound(total)
             victims: list[tuple[str, int]] = []
-            excess = total - int(bound * _LOW_WATERMARK)
-            if total <= bound:
+            excess = total - int(self.max_bytes * _LOW_WATERMARK)
+            if total <= self.max_bytes:
                 return total, victims
             for digest, size in db.execute("SELECT digest, size FROM entries ORDER BY atime"):
                 if excess <= 0:
@@ -263,16 +255,6 @@ class DiskCache:
         if victims:
             self._events.evicted(self.name, len(victims))
         return len(victims)
-
-    def _bound(self, total: int) -> int:
-        """What the cache may hold now: ``max_bytes``, or less when its file system cannot
-        hold that much (a smaller disk than configured, other files on it). Then the cache
-        leaves ``_MIN_FREE`` of the file system free, as nginx's ``min_free`` does; without it
-        every fill failed once the disk was full, and nothing new was ever cached."""
-        vfs = os.statvfs(self.root)
-        free = vfs.f_bavail * vfs.f_frsize
-        reserve = int(vfs.f_blocks * vfs.f_frsize * _MIN_FREE)
-        return min(self.max_bytes, max(0, total + free - reserve))
 
     async def _reconcile(self) -> None:
         """Index files the index does not know (a crash between commit and record), oldest."""

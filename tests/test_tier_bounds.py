@@ -17,11 +17,9 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from blobstore import BlobInfo, Digest, Expectation, StorageFull
+from blobstore import BlobInfo, Digest, Expectation
 from cache import DiskCache, MemoryTier
 from cache.memory import _ENTRY_OVERHEAD
-
-from .conftest import chunks_of
 
 KEYS = st.integers(0, 11)
 
@@ -223,29 +221,5 @@ async def test_access_times_survive_an_eviction_another_worker_holds(tmp_path: P
         assert await cache.evict() > 0
         assert await cache.stat(digests[0]) is not None
         assert await cache.stat(digests[1]) is None
-    finally:
-        await cache.close()
-
-
-async def test_a_cache_on_a_full_file_system_evicts_below_its_bound(tiny_fs: Path) -> None:
-    """Configured for far more than its 2 MiB disk holds: once the disk is full, a sweep frees
-    the oldest blobs until 5 % of the file system is free, and caching goes on. Before, the
-    bound alone decided, and every fill failed from then on."""
-    cache = DiskCache(tiny_fs, 1 << 30, maintain=False)
-    await cache.start()
-    try:
-        stored: list[Digest] = []
-        while True:  # until the disk is full
-            try:
-                stored.append((await cache.put(chunks_of(os.urandom(100_000)))).info.digest)
-            except StorageFull:
-                break
-            assert len(stored) < 100
-        assert await cache.evict() > 0
-        vfs = os.statvfs(tiny_fs)
-        assert vfs.f_bavail >= 0.05 * vfs.f_blocks
-        assert await cache.stat(stored[0]) is None  # the oldest went
-        assert await cache.stat(stored[-1]) is not None
-        assert (await cache.put(chunks_of(os.urandom(100_000)))).created
     finally:
         await cache.close()
