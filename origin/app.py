@@ -145,30 +145,50 @@ async def open_catalog(config: Config, catalog: Catalog) -> None:
     await check_schema(catalog.engine)
 
 
-def build_store(config: Config, events: CacheEvents) -> TieredStore:
-    """Memory tier (and Redis when configured) over the durable store: the local disk by
-    default; with ``sftp_url`` the SFTP bulk store, the local disk becoming its LRU cache."""
-    durable: DiskBackend | SftpBackend
-    local: DiskCache | None = None
+DurableStore = DiskBackend | SftpBackend
+
+
+def build_durable(config: Config) -> DurableStore:
+    """The store that keeps every blob: the local disk by default, the SFTP bulk store with
+    ``sftp_url``."""
     if config.sftp_url:
         assert config.sftp_key is not None  # validated
-        durable = SftpBackend.from_url(
+        return SftpBackend.from_url(
             config.sftp_url,
             client_keys=[config.sftp_key],
             known_hosts=config.sftp_known_hosts,
             pool_size=config.sftp_pool,
             chunk_size=config.chunk_size,
         )
+    return DiskBackend(config.data_dir, chunk_size=config.chunk_size, direct_io=config.direct_io)
+
+
+@contextlib.asynccontextmanager
+async def durable_store(config: Config) -> AsyncIterator[DurableStore]:
+    """The durable store alone, started, for the commands that work on it beside running
+    servers (``origin verify``, ``origin recommender train``): none of the cache tiers, so no
+    second disk cache maintaining a node's cache directory, no Redis connection, no memory."""
+    durable = build_durable(config)
+    await _start_durable(durable)
+    try:
+        yield durable
+    finally:
+        if isinstance(durable, SftpBackend):
+            await durable.close()
+
+
+def build_store(config: Config, events: CacheEvents) -> TieredStore:
+    """Memory tier (and Redis when configured) over the durable store; with ``sftp_url`` the
+    local disk becomes the durable store's LRU cache."""
+    durable = build_durable(config)
+    local: DiskCache | None = None
+    if isinstance(durable, SftpBackend):
         local = DiskCache(
             config.data_dir / "cache",
             config.disk_cache_size,
             chunk_size=config.chunk_size,
             direct_io=config.direct_io,
             events=events,
-        )
-    else:
-        durable = DiskBackend(
-            config.data_dir, chunk_size=config.chunk_size, direct_io=config.direct_io
         )
     tiers: list[CacheTier] = []
     if config.memory_cache_size > 0 and config.memory_max_object > 0:
@@ -187,11 +207,15 @@ def build_store(config: Config, events: CacheEvents) -> TieredStore:
     )
 
 
+async def _start_durable(durable: DurableStore) -> None:
+    swept = await durable.start()
+    log.info("durable store ready (%d stale temp files swept)", swept)
+
+
 async def start_store(tiered: TieredStore) -> None:
     durable = tiered.durable
     if isinstance(durable, DiskBackend | SftpBackend):
-        swept = await durable.start()
-        log.info("durable store ready (%d stale temp files swept)", swept)
+        await _start_durable(durable)
     if tiered.local_cache is not None:
         await tiered.local_cache.start()
 

@@ -8,10 +8,9 @@ import sys
 
 from recommender import evaluate_columns
 
-from .app import build_store, open_catalog, start_store, stop_store
+from .app import durable_store, open_catalog
 from .catalog import Catalog, RecommenderCatalog
 from .config import Config
-from .metrics import PrometheusEvents
 from .trainer import Trainer, TrainerBusy, als_config, interaction_config, read_columns
 
 
@@ -27,15 +26,12 @@ async def run(args: argparse.Namespace, config: Config) -> int:
 
 
 async def _train(config: Config, catalog: Catalog) -> int:
-    store = build_store(config, PrometheusEvents())
-    await start_store(store)
     try:
-        record = await Trainer(config, catalog, store).train()
+        async with durable_store(config) as store:
+            record = await Trainer(config, catalog, store).train()
     except TrainerBusy as exc:
         print(f"origin: {exc}", file=sys.stderr)
         return 1
-    finally:
-        await stop_store(store)
     d = record.details
     print(f"model {record.id} blob {record.blob_digest}")
     print(f"{d['users']} users, {d['assets']} assets, {d['events']} events; "

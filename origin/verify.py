@@ -37,12 +37,11 @@ from blobstore import (
     update_off_loop,
 )
 
-from .app import build_store, open_catalog, start_store, stop_store
+from .app import durable_store, open_catalog
 from .blob_routes import blob_facts
 from .catalog import Catalog
 from .catalog.schema import blobs
 from .config import Config
-from .metrics import PrometheusEvents
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,23 +144,20 @@ async def run(config: Config, *, jobs: int, record: bool) -> int:
     catalog = Catalog.connect(config.catalog_url)
     try:
         await open_catalog(config, catalog)
-        store = build_store(config, PrometheusEvents())
-        await start_store(store)
         started = time.monotonic()
-        with Progress(TextColumn("verify"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                      console=Console(stderr=True), transient=True,
-                      disable=not sys.stderr.isatty()) as progress:  # fmt: skip
-            task = progress.add_task("verify", total=None)
-            try:
-                report = await verify(
-                    store.durable, catalog, jobs=jobs, record=record,
-                    on_blob=lambda size: progress.advance(task, size),
-                )  # fmt: skip
-            except BlobStoreError as exc:
-                print(f"origin: verify stopped: {exc}", file=sys.stderr)
-                return 2
-            finally:
-                await stop_store(store)
+        async with durable_store(config) as store:
+            with Progress(TextColumn("verify"), BarColumn(), DownloadColumn(),
+                          TransferSpeedColumn(), console=Console(stderr=True), transient=True,
+                          disable=not sys.stderr.isatty()) as progress:  # fmt: skip
+                task = progress.add_task("verify", total=None)
+                try:
+                    report = await verify(
+                        store, catalog, jobs=jobs, record=record,
+                        on_blob=lambda size: progress.advance(task, size),
+                    )  # fmt: skip
+                except BlobStoreError as exc:
+                    print(f"origin: verify stopped: {exc}", file=sys.stderr)
+                    return 2
     finally:
         await catalog.close()
     for finding in sorted(report.findings, key=lambda f: (f.problem, f.digest)):

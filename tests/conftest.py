@@ -26,6 +26,7 @@ from origin import Config, create_app
 from origin.catalog import Catalog, upgrade
 
 from .postgres_server import PostgresServer
+from .sshd_server import SshdServer
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
 Client = TestClient[web.Request, web.Application]
@@ -205,6 +206,14 @@ async def refusals_until_it_fits(
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
     server = PostgresServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def sshd(tmp_path: Path) -> Iterator[SshdServer]:
+    """A private OpenSSH server (sftp subsystem) for one test; a module may share one instead."""
+    server = SshdServer(tmp_path / "sshd").start()
     yield server
     server.stop()
 

@@ -14,7 +14,6 @@ import hashlib
 import http.client
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import blake3
@@ -124,13 +123,6 @@ async def test_a_token_carrying_get_records_a_download(api: Client) -> None:
 
 
 # -- SFTP as the durable store: the local disk is a cache ----------------------------------
-
-
-@pytest.fixture
-def sshd(tmp_path: Path) -> Iterator[SshdServer]:
-    server = SshdServer(tmp_path / "sshd").start()
-    yield server
-    server.stop()
 
 
 def request(origin: LiveOrigin, method: str, path: str, body: bytes | None = None) -> tuple[

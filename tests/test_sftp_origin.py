@@ -21,13 +21,6 @@ from .test_live_server import auth, b3, connect, http, read_head, request_head
 
 
 @pytest.fixture
-def sshd(tmp_path: Path) -> Iterator[SshdServer]:
-    server = SshdServer(tmp_path / "sshd").start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def sftp_origin(tmp_path: Path, sshd: SshdServer) -> Iterator[LiveOrigin]:
     env = {
         "ORIGIN_SFTP_URL": sshd.url,

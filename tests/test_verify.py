@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 from blobstore import DiskBackend
@@ -10,6 +11,7 @@ from origin.catalog import Catalog
 from origin.verify import verify
 
 from .conftest import LiveOrigin, chunks_of
+from .sshd_server import SshdServer
 from .test_live_server import auth, b3, http, origin_cli
 
 
@@ -72,3 +74,33 @@ def test_origin_verify_reports_and_exits_1_on_a_corrupt_blob(live_origin: LiveOr
     assert found.returncode == 1
     assert f"corrupt {digest}: its BLAKE3 is" in found.stdout
     assert "1 corrupt, 0 missing, 0 unrecorded" in found.stdout
+
+
+def test_origin_verify_reads_the_sftp_store_and_leaves_the_nodes_cache_alone(
+    tmp_path: Path, sshd: SshdServer
+) -> None:
+    """With SFTP configured, verify checks what is on the SFTP server, and opens nothing of the
+    node's tiers: no disk cache of its own on the node's cache directory (it used to build the
+    whole chain and start a second maintainer of that directory beside the running server)."""
+    env = {
+        "ORIGIN_SFTP_URL": sshd.url,
+        "ORIGIN_SFTP_KEY": str(sshd.client_key),
+        "ORIGIN_SFTP_KNOWN_HOSTS": str(sshd.known_hosts),
+    }
+    origin = LiveOrigin(data_dir=tmp_path / "node", env=env).start()
+    data = os.urandom(200_000)
+    digest = b3(data)
+    try:
+        assert http(origin, "PUT", f"/blobs/{digest}", data, auth(origin))[0] == 201
+    finally:
+        origin.stop()
+    shutil.rmtree(origin.data_dir / "cache")
+    clean = origin_cli(origin.data_dir, "verify", env=env)
+    assert clean.returncode == 0, clean.stderr
+    assert "checked 1 blobs" in clean.stdout
+    on_sftp = sshd.root / "blobs" / digest[:2] / digest[2:4] / digest
+    on_sftp.write_bytes(data[:-1] + b"!")
+    found = origin_cli(origin.data_dir, "verify", env=env)
+    assert found.returncode == 1
+    assert f"corrupt {digest}: its BLAKE3 is" in found.stdout
+    assert not (origin.data_dir / "cache").exists()
