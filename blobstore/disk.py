@@ -15,6 +15,7 @@ visible blob always has them; a crash at any point leaves at most unreferenced f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import logging
@@ -98,6 +99,14 @@ class DiskBackend:
         if removed:
             log.warning("swept %d stale temp file(s) from %s", removed, self._tmp)
         return removed
+
+    def temp_bytes(self) -> int:
+        """Bytes in the temp files of uploads under way (blocking: call it off the loop)."""
+        total = 0
+        for entry in os.scandir(self._tmp):
+            with contextlib.suppress(FileNotFoundError):  # committed or removed meanwhile
+                total += entry.stat().st_size
+        return total
 
     # -- paths -------------------------------------------------------------------------------
 

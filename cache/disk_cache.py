@@ -8,6 +8,15 @@ batches. Eviction runs in the background once the total passes the bound, oldest
 down to 90 %, skipping blobs this process is reading or writing; a reader in another worker
 keeps its open file, which Linux keeps readable after the name is gone. One process evicts at a
 time (a lock file); all SQLite work runs on one dedicated thread.
+
+The bound is ``max_bytes``, or less when the file system cannot hold that much (a disk smaller
+than configured, other files on it, the catalog beside the cache on one node): the cache then
+leaves ``_MIN_FREE`` of it free, as nginx's ``min_free`` does. That ``capacity`` is read again
+at every sweep, counting the cache's own blobs and copies under way as room it may use; a blob
+larger than half of it is not cached at all. A copy that still finds the disk full (others
+wrote to it since the sweep) wakes a sweep that frees a tenth of the capacity more. Without
+this a full disk refused every fill and nothing new was ever cached, while the catalog on the
+same disk answered 507.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ import asyncio
 import contextlib
 import fcntl
 import logging
+import os
 import sqlite3
 import time
 from collections import Counter
@@ -35,6 +45,7 @@ from blobstore import (
     DiskBackend,
     Expectation,
     PutResult,
+    StorageFull,
 )
 
 from .events import CacheEvents, NoEvents
@@ -43,6 +54,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _LOW_WATERMARK = 0.9
+# Kept free on the cache's file system: 5 % of it, at most 1 GiB (on a large disk 5 % is more
+# than the origin's other writes, logs and catalog, need).
+_MIN_FREE_FRACTION = 0.05
+_MIN_FREE_MAX = 1 << 30
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (digest TEXT PRIMARY KEY, size INTEGER NOT NULL,
                                     atime REAL NOT NULL);
@@ -77,6 +92,8 @@ class DiskCache:
         self._touched: dict[str, float] = {}
         self._pins: Counter[Digest] = Counter()
         self._used = 0
+        self.capacity = max_bytes  # what it may hold now; read from the file system at start
+        self._squeezed = False  # a put met a full file system: the next sweep makes room
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -111,6 +128,7 @@ class DiskCache:
 
         await asyncio.get_running_loop().run_in_executor(self._sql, connect)
         self._used = await self._in_db(_total_size)
+        self.capacity = await self._in_db(lambda _: self._capacity(self._used))
         if self._maintain_in_background:
             self._tasks = [
                 asyncio.create_task(self._maintain()),
@@ -134,7 +152,7 @@ class DiskCache:
     # -- BlobBackend --------------------------------------------------------------------------
 
     def accepts(self, size: int) -> bool:
-        return size <= self.max_bytes // 2
+        return size <= self.capacity // 2
 
     async def stat(self, digest: Digest) -> BlobInfo | None:
         info = await self.store.stat(digest)
@@ -165,18 +183,29 @@ class DiskCache:
     ) -> PutResult:
         pin = expected.blake3
         with self._pinned(pin) if pin is not None else contextlib.nullcontext():
-            result = await self.store.put(chunks, expected, content_type)
+            try:
+                result = await self.store.put(chunks, expected, content_type)
+            except StorageFull:
+                self._squeezed = True
+                self._wake.set()
+                raise
         if result.created:
             digest_hex, size, now = result.info.digest.hex, result.info.size, self._clock()
             await self._in_db(lambda db: _record(db, digest_hex, size, now))
             self._used += result.info.size
-            if self._used > self.max_bytes:
+            if self._used > self.capacity:
                 self._wake.set()
         return result
 
     async def admit(self, info: BlobInfo, data: bytes) -> None:
-        if self.accepts(len(data)):
+        if not self.accepts(len(data)):
+            return
+        try:
             await self.put(_once(data), Expectation(blake3=info.digest), info.content_type)
+        except StorageFull as exc:
+            # A full cache is not a failing one: the sweep makes room, and the tier must not
+            # be skipped for a back-off meanwhile (what is cached would not be served).
+            log.debug("disk cache: no room for %s yet: %s", info.digest, exc)
 
     async def ping(self) -> None:
         await asyncio.to_thread(self.root.stat)
@@ -224,29 +253,38 @@ class DiskCache:
         pinned = {d.hex for d in self._pins}
         lock = self.root / "evict.lock"
 
-        def choose(db: sqlite3.Connection) -> tuple[int, list[tuple[str, int]]]:
+        def choose(db: sqlite3.Connection) -> tuple[int, int, list[tuple[str, int]]]:
             _set_atimes(db, touched)
             total = _total_size(db)
+            capacity = self._capacity(total)
             victims: list[tuple[str, int]] = []
-            excess = total - int(self.max_bytes * _LOW_WATERMARK)
-            if total <= self.max_bytes:
-                return total, victims
+            target = int(capacity * _LOW_WATERMARK)
+            if squeezed:
+                # Under the bound, yet a copy did not fit (copies under way, files of others
+                # written since the last sweep): each such sweep frees a tenth more.
+                target = min(target, total - (capacity - target))
+            elif total <= capacity:
+                return total, capacity, victims
+            excess = total - target
             for digest, size in db.execute("SELECT digest, size FROM entries ORDER BY atime"):
                 if excess <= 0:
                     break
                 if digest not in pinned:
                     victims.append((digest, size))
                     excess -= size
-            return total, victims
+            return total, capacity, victims
 
         lock_file = await asyncio.to_thread(open, lock, "w")
         with lock_file:
             try:
                 fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                return 0  # another worker is evicting; this one's access times wait for later
+                # Another worker is evicting; this one's access times wait for later.
+                self.capacity = await self._in_db(lambda db: self._capacity(_total_size(db)))
+                return 0
             touched = self._take_touched()  # only now: taken and then dropped, they were lost
-            total, victims = await self._in_db(choose)
+            squeezed, self._squeezed = self._squeezed, False
+            total, self.capacity, victims = await self._in_db(choose)
             for digest_hex, size in victims:
                 await self.store.delete(Digest(digest_hex))
                 total -= size
@@ -255,6 +293,13 @@ class DiskCache:
         if victims:
             self._events.evicted(self.name, len(victims))
         return len(victims)
+
+    def _capacity(self, indexed: int) -> int:
+        """``max_bytes``, or what the file system has room for (blocking: the SQLite thread)."""
+        vfs = os.statvfs(self.root)
+        reserve = min(int(vfs.f_blocks * vfs.f_frsize * _MIN_FREE_FRACTION), _MIN_FREE_MAX)
+        room = indexed + self.store.temp_bytes() + vfs.f_bavail * vfs.f_frsize - reserve
+        return max(0, min(self.max_bytes, room))
 
     async def _reconcile(self) -> None:
         """Index files the index does not know (a crash between commit and record), oldest."""

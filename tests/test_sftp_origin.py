@@ -181,9 +181,9 @@ def test_sshd_stopped_mid_put_is_503_and_nothing_half_written(
 def test_a_full_disk_cache_costs_the_cache_not_the_request(
     tmp_path: Path, sshd: SshdServer, tiny_fs: Path
 ) -> None:
-    """The local disk cache on a 2 MiB file system: a 5 MiB blob is stored on SFTP and served
-    from it; the copy that does not fit leaves nothing in the cache, and the cache keeps
-    working for what fits."""
+    """The local disk cache on a 2 MiB file system (``disk_cache_size`` is 50 GiB): a 5 MiB
+    blob is stored on SFTP and served from it, with no copy tried (more than half of what
+    the disk holds), leaving nothing in the cache; the cache keeps working for what fits."""
     node = tmp_path / "node"
     node.mkdir()
     (node / "cache").symlink_to(tiny_fs)

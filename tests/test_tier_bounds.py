@@ -17,9 +17,11 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from blobstore import BlobInfo, Digest, Expectation
+from blobstore import BlobInfo, Digest, Expectation, StorageFull
 from cache import DiskCache, MemoryTier
 from cache.memory import _ENTRY_OVERHEAD
+
+from .conftest import chunks_of
 
 KEYS = st.integers(0, 11)
 
@@ -221,5 +223,38 @@ async def test_access_times_survive_an_eviction_another_worker_holds(tmp_path: P
         assert await cache.evict() > 0
         assert await cache.stat(digests[0]) is not None
         assert await cache.stat(digests[1]) is None
+    finally:
+        await cache.close()
+
+
+async def test_a_disk_smaller_than_the_bound_keeps_caching(tiny_fs: Path) -> None:
+    """``max_bytes`` says 1 GiB, the file system holds 2 MiB: the cache bounds itself by the
+    disk, leaving 5 % of it free; a blob over half of that is not taken, and a stream of blobs
+    2.5 times the disk keeps being cached (each put meeting a full disk wakes a sweep that
+    makes room) instead of every put being refused once the disk was full."""
+    cache = DiskCache(tiny_fs, 1 << 30, maintain=False)
+    await cache.start()
+    try:
+        size = os.statvfs(tiny_fs).f_blocks * os.statvfs(tiny_fs).f_frsize
+        assert cache.capacity <= size * 0.95
+        assert cache.accepts(cache.capacity // 2)
+        assert not cache.accepts(cache.capacity // 2 + 1)
+        kept: list[Digest] = []
+        for _ in range(20):
+            data = os.urandom(250_000)
+            for attempt in range(4):  # each refusal frees a tenth of the capacity more
+                try:
+                    kept.append((await cache.put(chunks_of(data))).info.digest)
+                    break
+                except StorageFull:
+                    assert attempt < 3, "the cache never made room"
+                finally:
+                    await cache.evict()  # what the background sweep does when woken
+            assert await cache.exists(kept[-1])
+            vfs = os.statvfs(tiny_fs)
+            assert vfs.f_bavail * vfs.f_frsize >= size * 0.05 * 0.9  # the reserve, near enough
+        assert cache.used_bytes <= cache.capacity
+        assert not list((tiny_fs / "tmp").iterdir())
+        assert await cache.exists(kept[-2])  # the most recent stay
     finally:
         await cache.close()
