@@ -32,6 +32,7 @@ something they have. Rows from before migration 0003 (no ``recorded_at``) are no
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
@@ -62,6 +63,9 @@ class RecentEvents:
         # Kept since the last take_fresh, for the serving model's popularity ranking (none
         # before a model: the first model's count starts from ``everything``).
         self._fresh: list[tuple[str, _Kept]] = []
+        # One poll at a time: a second one beside the background tail would read the same page
+        # and then give up at the moved cursor, returning before it had read everything.
+        self._polling = asyncio.Lock()
 
     def for_user(self, user: str) -> list[EventRecord]:
         events = self._by_user.get(user)
@@ -126,6 +130,10 @@ class RecentEvents:
 
     async def poll(self) -> int:
         """Read what was recorded since the last poll (up to ``now - commit_lag``)."""
+        async with self._polling:
+            return await self._poll()
+
+    async def _poll(self) -> int:
         upto = datetime.now(UTC) - self._lag
         read = 0
         while True:

@@ -17,8 +17,9 @@ from sqlalchemy import update
 
 from origin import create_app
 from origin.appkeys import CATALOG
-from origin.catalog import Catalog, upgrade
+from origin.catalog import Catalog, EventRecord, RecommenderCatalog, upgrade
 from origin.catalog.schema import assets
+from origin.recent_events import RecentEvents
 from origin.recommend_routes import BUFFER, RECOMMENDER, _check_fast, _check_item, _event_ids
 from recommender import (
     ALSConfig,
@@ -372,3 +373,23 @@ def test_users_without_a_training_row_get_the_one_popularity_answer() -> None:
     assert popular.fallback
     assert popular.items
     assert recommender.recommend(idle, 5) == popular
+
+
+async def test_a_poll_beside_another_reads_everything_before_it_returns(
+    catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two polls at once (the background tail and anyone else's): the second one returns only
+    once everything recorded before it is read. It used to read the page the first had just
+    read, see the cursor moved, and return early with most rows unread."""
+    monkeypatch.setattr("origin.recent_events._PAGE", 2)
+    rcatalog = RecommenderCatalog(catalog.engine)
+    now = datetime.now(UTC)
+    await rcatalog.add_events(
+        [EventRecord(uuid.uuid4(), f"u{n}", uuid.uuid4(), "use", 1.0, now) for n in range(12)]
+    )
+    recent = RecentEvents(rcatalog, commit_lag=0.0)
+    background = asyncio.create_task(recent.poll())
+    await asyncio.sleep(0)  # it has asked for its first page
+    await recent.poll()
+    assert recent.count == 12
+    assert await background == 12
