@@ -40,8 +40,9 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(config)
     try:
         if args.command == "serve":
-            # Before anything is written: a first start's admin token is printed only once
-            # the server listens, so a start that fails later would lose it.
+            # Before anything is written: a start this machine cannot serve makes no admin
+            # token. One that fails later (in a worker's own start) still prints the token
+            # it made, with a line saying the server did not start (server.serve).
             preflight.check_listen(config)
         asyncio.run(preflight.check(config, args.command))
         if args.command == "serve":

@@ -15,6 +15,7 @@ import multiprocessing
 import multiprocessing.process
 import multiprocessing.queues
 import os
+import queue
 import shutil
 import signal
 import socket
@@ -40,6 +41,8 @@ _DRAIN_TIMEOUT = 20.0
 _CLOSE_TIMEOUT = 10.0
 _SHUTDOWN_TIMEOUT = _DRAIN_TIMEOUT + _CLOSE_TIMEOUT
 _PR_SET_PDEATHSIG = 1
+# How often the supervisor looks at its workers (started, exited).
+_POLL = 0.2
 
 
 def reserve_port(host: str, port: int) -> socket.socket:
@@ -133,23 +136,44 @@ def prepare_metrics_dir(config: Config) -> None:
 
 
 def serve(config: Config, banner: list[str]) -> int:
-    """Run until SIGTERM/SIGINT; prints the URL and ``banner`` once every worker listens."""
+    """Run until SIGTERM/SIGINT; prints the URL and ``banner`` once every worker listens.
+
+    A start that fails before that prints ``banner`` all the same (on stdout, after a line
+    saying the server did not start): on a first start it holds the admin token's secret,
+    made before the workers start and stored only as a hash, so this is its one chance to be
+    seen. The token stays valid and the next start makes no other (it says "created at first
+    start"); deleting it on failure instead would need the catalog, which may be what failed.
+    """
+    announced = False
+
+    def announce(port: int) -> None:
+        nonlocal announced
+        announced = True
+        host = f"[{config.host}]" if ":" in config.host else config.host
+        url = f"http://{host}:{port}"
+        listening = f"origin listening on {url} ({config.workers} worker(s))"
+        print(listening, *banner, sep="\n", flush=True)
+
+    try:
+        return _serve(config, announce)
+    finally:
+        if not announced:
+            print("origin did not start (the errors are on stderr)", *banner, sep="\n", flush=True)
+
+
+def _serve(config: Config, announce: Callable[[int], None]) -> int:
     if config.workers > 1:
         prepare_metrics_dir(config)
-    reserved = reserve_port(config.host, config.port)
-    port = reserved.getsockname()[1]
-    host = f"[{config.host}]" if ":" in config.host else config.host
-    lines = [f"origin listening on http://{host}:{port} ({config.workers} worker(s))", *banner]
+    with reserve_port(config.host, config.port) as reserved:
+        port = reserved.getsockname()[1]
+        if config.workers == 1:
+            # One worker runs in this process: nothing to supervise, and a signal reaches it.
+            uvloop.run(_run_worker(config, port, lambda: announce(port)))
+            return 0
+        return _supervise(config, port, announce)
 
-    def announce() -> None:
-        for line in lines:
-            print(line, flush=True)
 
-    if config.workers == 1:
-        # One worker runs in this process: nothing to supervise, and a signal reaches it directly.
-        uvloop.run(_run_worker(config, port, announce))
-        reserved.close()
-        return 0
+def _supervise(config: Config, port: int, announce: Callable[[int], None]) -> int:
     ctx = multiprocessing.get_context("spawn")
     ready: multiprocessing.queues.Queue[int] = ctx.Queue()
 
@@ -168,35 +192,70 @@ def serve(config: Config, banner: list[str]) -> int:
     signal.signal(signal.SIGINT, on_signal)
 
     workers = [spawn() for _ in range(config.workers)]
-    deadline = time.monotonic() + _READY_TIMEOUT
-    started = 0
-    while started < config.workers:
-        try:
-            ready.get(timeout=max(0.1, deadline - time.monotonic()))
-            started += 1
-        except Exception:
-            if stopping or time.monotonic() > deadline or not any(w.is_alive() for w in workers):
-                log.error("workers did not start; see the errors above")
-                _stop(workers)
-                return 1
-    announce()
+    if not _wait_ready(workers, ready, lambda: stopping):
+        _stop(workers)
+        return 1
+    announce(port)
 
     while not stopping:
         for i, proc in enumerate(workers):
             if not proc.is_alive() and not stopping:
                 log.error("worker %s exited with %s; starting another", proc.pid, proc.exitcode)
                 workers[i] = spawn()
-        time.sleep(0.2)
+        time.sleep(_POLL)
     _stop(workers)
-    reserved.close()
     return 0
+
+
+def _wait_ready(
+    workers: list[multiprocessing.process.BaseProcess],
+    ready: multiprocessing.queues.Queue[int],
+    stopping: Callable[[], bool],
+) -> bool:
+    """True once every worker has said it listens; False (and why, logged) as soon as one
+    exits first, at SIGTERM/SIGINT, or after _READY_TIMEOUT.
+
+    A worker's own start can fail where the parent's preflight looked fine (the store's layout
+    in the data directory, the catalog), and a dead worker never reports: hence short waits on
+    the queue, each followed by a look at the processes.
+    """
+    waiting = {proc.pid for proc in workers}
+    deadline = time.monotonic() + _READY_TIMEOUT
+    while waiting:
+        try:
+            waiting.discard(ready.get(timeout=_POLL))
+            continue
+        except queue.Empty:
+            pass
+        for proc in workers:
+            if proc.pid in waiting and not proc.is_alive():
+                log.error(
+                    "worker %s exited with status %s before it was ready; stopping the others",
+                    proc.pid,
+                    proc.exitcode,
+                )
+                return False
+        if stopping():
+            log.error("stopped before the workers were ready")
+            return False
+        if time.monotonic() > deadline:
+            pending = [proc.pid for proc in workers if proc.pid in waiting]
+            log.error("worker(s) %s not ready after %.0f s", pending, _READY_TIMEOUT)
+            return False
+    return True
 
 
 def _stop(workers: list[multiprocessing.process.BaseProcess]) -> None:
     for proc in workers:
         if proc.is_alive():
             proc.terminate()  # SIGTERM: the worker finishes in-flight requests, then exits
+    # One deadline for all: they stop at the same time, so N hung workers cost one timeout,
+    # not N of them.
+    deadline = time.monotonic() + _SHUTDOWN_TIMEOUT + 5
     for proc in workers:
-        proc.join(_SHUTDOWN_TIMEOUT + 5)
+        proc.join(max(0.0, deadline - time.monotonic()))
+    for proc in workers:
         if proc.is_alive():
+            log.error("worker %s did not stop in %.0f s; killing it", proc.pid, _SHUTDOWN_TIMEOUT)
             proc.kill()
+            proc.join(5)

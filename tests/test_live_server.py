@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -225,6 +227,49 @@ def test_workers_share_the_port(tmp_path: Path) -> None:
     assert origin.proc.returncode == 0
 
 
+def break_the_store_layout(data_dir: Path) -> None:
+    """Make every worker's own start fail where the parent's preflight passes: the store's
+    temp directory is a file (the preflight tries the data directory itself, not its layout;
+    each worker's DiskBackend.start makes the layout)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "tmp").write_bytes(b"")
+
+
+def test_a_worker_that_dies_before_it_is_ready_stops_the_server_at_once(tmp_path: Path) -> None:
+    data_dir = tmp_path / "d"
+    break_the_store_layout(data_dir)
+    started = time.monotonic()
+    result = origin_cli(data_dir, "serve", "--port", "0", "--workers", "2",
+                        env={"ORIGIN_ADMIN_TOKEN": ADMIN_TOKEN})  # fmt: skip
+    # Before, the supervisor waited out its whole 30 s ready timeout.
+    assert time.monotonic() - started < 10
+    assert result.returncode == 1
+    assert "listening on" not in result.stdout
+    assert re.search(r"worker \d+ exited with status 1 before it was ready", result.stderr)
+
+
+@pytest.mark.slow
+def test_hung_workers_share_one_shutdown_deadline(tmp_path: Path) -> None:
+    origin = LiveOrigin(tmp_path / "d", workers=2).start()
+    pids = origin.server_pids()
+    try:
+        assert len(pids) == 2
+        for pid in pids:  # hung: their SIGTERM stays pending, as in a call that never returns
+            os.kill(pid, signal.SIGSTOP)
+        assert origin.proc is not None
+        stopped_at = time.monotonic()
+        origin.proc.send_signal(signal.SIGTERM)
+        # One 35 s deadline for both, then SIGKILL; before, 35 s for each in turn (70 s).
+        assert origin.proc.wait(50) == 0
+        assert 30 < time.monotonic() - stopped_at < 50
+        assert not any(psutil.pid_exists(pid) for pid in pids)
+    finally:
+        origin.kill()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
 # -- memory -----------------------------------------------------------------------------------
 
 
@@ -336,21 +381,65 @@ def test_token_cli_and_revocation_reach_a_running_server(tmp_path: Path) -> None
         origin.stop()
 
 
-def test_first_start_prints_a_working_admin_token(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "ORIGIN_ADMIN_TOKEN"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "origin", "--data-dir", str(tmp_path / "d"), "serve", "--port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+def serve_at_first_start(data_dir: Path, *args: str) -> list[str]:
+    """``origin serve`` without ORIGIN_ADMIN_TOKEN: the first start makes the admin token."""
+    return [sys.executable, "-m", "origin", "--data-dir", str(data_dir), "serve", "--port", "0",
+            *args]  # fmt: skip
+
+
+def without_admin_token() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "ORIGIN_ADMIN_TOKEN"}
+
+
+def start_at_first_start(data_dir: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        serve_at_first_start(data_dir, *args),
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=without_admin_token(),
     )  # fmt: skip
+
+
+def post_blob(url: str, token: str) -> int:
+    req = urllib.request.Request(f"{url}/blobs", data=os.urandom(100), method="POST",
+                                 headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return int(resp.status)
+
+
+def test_first_start_prints_a_working_admin_token(tmp_path: Path) -> None:
+    proc = start_at_first_start(tmp_path / "d")
     try:
         assert proc.stdout is not None
         url = proc.stdout.readline().split()[3]
         token = proc.stdout.readline().strip().split()[-1]
         assert token.startswith("orgn_")
-        req = urllib.request.Request(f"{url}/blobs", data=b"hi", method="POST",
-                                     headers={"Authorization": f"Bearer {token}"})  # fmt: skip
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            assert resp.status == 201
+        assert post_blob(url, token) == 201
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_first_start_that_fails_still_prints_its_admin_token(
+    tmp_path: Path, workers: int
+) -> None:
+    data_dir = tmp_path / "d"
+    break_the_store_layout(data_dir)
+    failed = subprocess.run(serve_at_first_start(data_dir, "--workers", str(workers)),
+                            capture_output=True, text=True, timeout=60,
+                            env=without_admin_token())  # fmt: skip
+    assert failed.returncode == 1
+    # Before, nothing: the token existed (as a hash) and its secret was never shown.
+    did_not_start, token_line = failed.stdout.splitlines()
+    assert "did not start" in did_not_start
+    token = token_line.split()[-1]
+    assert token.startswith("orgn_")
+    (data_dir / "tmp").unlink()
+    proc = start_at_first_start(data_dir, "--workers", str(workers))
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().split()[3]
+        assert "created at first start" in proc.stdout.readline()  # no second token
+        assert post_blob(url, token) == 201
     finally:
         proc.terminate()
         proc.wait(30)
