@@ -83,6 +83,9 @@ class Config:
     disk_cache_size: int = _size(50 * GiB)
     # A cache tier that fails is skipped, retried after 0.5 s, 1 s, 2 s ... up to this many.
     tier_retry_max: float = 30.0
+    # Seconds a graceful stop (SIGTERM) may take before the supervisor kills its workers: keep
+    # it under the orchestrator's grace period (docker-compose.yml gives 40 s).
+    shutdown_timeout: float = 30.0
     log_level: str = "info"
     # Per-request log lines; off by default because the edge (nginx) keeps the access log.
     access_log: bool = False
@@ -179,6 +182,7 @@ class Config:
             # The back-off starts at 0.5 s; below that (or negative) a failed tier was never
             # skipped at all (cache/health.py).
             ("tier_retry_max", 0.5 <= self.tier_retry_max <= 3600, "must be 0.5..3600 seconds"),
+            ("shutdown_timeout", 1 <= self.shutdown_timeout <= 3600, "must be 1..3600 seconds"),
             ("accel_redirect", self.accel_redirect is None
              or re.fullmatch(r"/[A-Za-z0-9._~/-]*", self.accel_redirect) is not None,
              "must be a URI path such as /_accel/ (letters, digits, . _ ~ - and /)"),

@@ -34,12 +34,6 @@ from .config import Config
 log = logging.getLogger(__name__)
 
 _READY_TIMEOUT = 30.0
-# At SIGTERM, 30 s in all: the handlers under way may take 20 s to finish (an upload's body
-# must still arrive, origin.inflight), then aiohttp 10 s to write the answers handed to it (a
-# download's body) and close.
-_DRAIN_TIMEOUT = 20.0
-_CLOSE_TIMEOUT = 10.0
-_SHUTDOWN_TIMEOUT = _DRAIN_TIMEOUT + _CLOSE_TIMEOUT
 _PR_SET_PDEATHSIG = 1
 # How often the supervisor looks at its workers (started, exited).
 _POLL = 0.2
@@ -55,12 +49,21 @@ def reserve_port(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _stop_budget(config: Config) -> tuple[float, float]:
+    """At SIGTERM, ``shutdown_timeout`` in all: two thirds for the handlers under way to finish
+    (an upload's body must still arrive, origin.inflight), then a third for aiohttp to write
+    the answers handed to it (a download's body) and close."""
+    close = config.shutdown_timeout / 3
+    return config.shutdown_timeout - close, close
+
+
 async def _run_worker(config: Config, port: int, on_ready: Callable[[], None]) -> None:
     app = create_app(config)
+    drain_timeout, close_timeout = _stop_budget(config)
     runner = web.AppRunner(
         app,
         access_log=logging.getLogger("origin.access") if config.access_log else None,
-        shutdown_timeout=_CLOSE_TIMEOUT,
+        shutdown_timeout=close_timeout,
         # Larger socket reads mean fewer, bigger chunks on the upload path.
         read_bufsize=1 << 20,
     )
@@ -79,7 +82,7 @@ async def _run_worker(config: Config, port: int, on_ready: Callable[[], None]) -
     await site.stop()
     in_flight = app[IN_FLIGHT]
     with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(_DRAIN_TIMEOUT):
+        async with asyncio.timeout(drain_timeout):
             await in_flight.drain()
     if in_flight.count:
         log.warning("stopping with %d request(s) still under way", in_flight.count)
@@ -193,7 +196,7 @@ def _supervise(config: Config, port: int, announce: Callable[[int], None]) -> in
 
     workers = [spawn() for _ in range(config.workers)]
     if not _wait_ready(workers, ready, lambda: stopping):
-        _stop(workers)
+        _stop(workers, config.shutdown_timeout)
         return 1
     announce(port)
 
@@ -203,7 +206,7 @@ def _supervise(config: Config, port: int, announce: Callable[[int], None]) -> in
                 log.error("worker %s exited with %s; starting another", proc.pid, proc.exitcode)
                 workers[i] = spawn()
         time.sleep(_POLL)
-    _stop(workers)
+    _stop(workers, config.shutdown_timeout)
     return 0
 
 
@@ -245,17 +248,17 @@ def _wait_ready(
     return True
 
 
-def _stop(workers: list[multiprocessing.process.BaseProcess]) -> None:
+def _stop(workers: list[multiprocessing.process.BaseProcess], timeout: float) -> None:
     for proc in workers:
         if proc.is_alive():
             proc.terminate()  # SIGTERM: the worker finishes in-flight requests, then exits
     # One deadline for all: they stop at the same time, so N hung workers cost one timeout,
     # not N of them.
-    deadline = time.monotonic() + _SHUTDOWN_TIMEOUT + 5
+    deadline = time.monotonic() + timeout + 5
     for proc in workers:
         proc.join(max(0.0, deadline - time.monotonic()))
     for proc in workers:
         if proc.is_alive():
-            log.error("worker %s did not stop in %.0f s; killing it", proc.pid, _SHUTDOWN_TIMEOUT)
+            log.error("worker %s did not stop in %.0f s; killing it", proc.pid, timeout)
             proc.kill()
             proc.join(5)

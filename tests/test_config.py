@@ -127,6 +127,7 @@ def files(tmp_path: Path) -> dict[str, str]:
         ({"ORIGIN_TIER_RETRY_MAX": "-1"}, "tier_retry_max: must be 0.5..3600 seconds (got -1.0"),
         ({"ORIGIN_TIER_RETRY_MAX": "0"}, "tier_retry_max: must be 0.5..3600"),
         ({"ORIGIN_TIER_RETRY_MAX": "nan"}, "tier_retry_max: expected a finite number, got 'nan'"),
+        ({"ORIGIN_SHUTDOWN_TIMEOUT": "0"}, "shutdown_timeout: must be 1..3600 seconds (got 0.0"),
         ({"ORIGIN_RECOMMENDER_LEASE_TTL": "inf"}, "recommender_lease_ttl: expected a finite"),
         ({"ORIGIN_RECOMMENDER_LEASE_TTL": "1e300"}, "recommender_lease_ttl: must be 1..86400"),
         ({"ORIGIN_RECOMMENDER_LEASE_TTL": "1e400"}, "recommender_lease_ttl: expected a finite"),

@@ -248,9 +248,9 @@ def test_a_worker_that_dies_before_it_is_ready_stops_the_server_at_once(tmp_path
     assert re.search(r"worker \d+ exited with status 1 before it was ready", result.stderr)
 
 
-@pytest.mark.slow
 def test_hung_workers_share_one_shutdown_deadline(tmp_path: Path) -> None:
-    origin = LiveOrigin(tmp_path / "d", workers=2).start()
+    env = {"ORIGIN_SHUTDOWN_TIMEOUT": "3"}
+    origin = LiveOrigin(tmp_path / "d", workers=2, env=env).start()
     pids = origin.server_pids()
     try:
         assert len(pids) == 2
@@ -259,9 +259,9 @@ def test_hung_workers_share_one_shutdown_deadline(tmp_path: Path) -> None:
         assert origin.proc is not None
         stopped_at = time.monotonic()
         origin.proc.send_signal(signal.SIGTERM)
-        # One 35 s deadline for both, then SIGKILL; before, 35 s for each in turn (70 s).
-        assert origin.proc.wait(50) == 0
-        assert 30 < time.monotonic() - stopped_at < 50
+        # One deadline (3 s and 5 more) for both, then SIGKILL; before, 8 s for each in turn.
+        assert origin.proc.wait(30) == 0
+        assert 7 < time.monotonic() - stopped_at < 12
         assert not any(psutil.pid_exists(pid) for pid in pids)
     finally:
         origin.kill()
