@@ -146,6 +146,10 @@ def serve(config: Config, banner: list[str]) -> int:
     made before the workers start and stored only as a hash, so this is its one chance to be
     seen. The token stays valid and the next start makes no other (it says "created at first
     start"); deleting it on failure instead would need the catalog, which may be what failed.
+
+    Exit status: 0 after a clean stop. 1 when the start failed, or when a worker did not stop
+    within ``shutdown_timeout`` and was killed: requests under way were cut off, and an
+    orchestrator or operator should see that the stop was not clean.
     """
     announced = False
 
@@ -206,8 +210,7 @@ def _supervise(config: Config, port: int, announce: Callable[[int], None]) -> in
                 log.error("worker %s exited with %s; starting another", proc.pid, proc.exitcode)
                 workers[i] = spawn()
         time.sleep(_POLL)
-    _stop(workers, config.shutdown_timeout)
-    return 0
+    return 0 if _stop(workers, config.shutdown_timeout) else 1
 
 
 def _wait_ready(
@@ -248,7 +251,9 @@ def _wait_ready(
     return True
 
 
-def _stop(workers: list[multiprocessing.process.BaseProcess], timeout: float) -> None:
+def _stop(workers: list[multiprocessing.process.BaseProcess], timeout: float) -> bool:
+    """SIGTERM, then SIGKILL for what still runs after ``timeout`` (and 5 s): True when none
+    had to be killed."""
     for proc in workers:
         if proc.is_alive():
             proc.terminate()  # SIGTERM: the worker finishes in-flight requests, then exits
@@ -257,8 +262,9 @@ def _stop(workers: list[multiprocessing.process.BaseProcess], timeout: float) ->
     deadline = time.monotonic() + timeout + 5
     for proc in workers:
         proc.join(max(0.0, deadline - time.monotonic()))
-    for proc in workers:
-        if proc.is_alive():
-            log.error("worker %s did not stop in %.0f s; killing it", proc.pid, timeout)
-            proc.kill()
-            proc.join(5)
+    hung = [proc for proc in workers if proc.is_alive()]
+    for proc in hung:
+        log.error("worker %s did not stop in %.0f s; killing it", proc.pid, timeout)
+        proc.kill()
+        proc.join(5)
+    return not hung
