@@ -39,6 +39,12 @@ _PR_SET_PDEATHSIG = 1
 _POLL = 0.2
 
 
+class StartFailed(Exception):
+    """A worker's own start failed (the store's layout, the catalog, the tiers): what an
+    operator fixes, not a bug in origin. The message is one line; the traceback is logged at
+    debug level."""
+
+
 def reserve_port(host: str, port: int) -> socket.socket:
     """A bound, non-listening socket in the SO_REUSEPORT group: holds the port, takes no load."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -67,7 +73,13 @@ async def _run_worker(config: Config, port: int, on_ready: Callable[[], None]) -
         # Larger socket reads mean fewer, bigger chunks on the upload path.
         read_bufsize=1 << 20,
     )
-    await runner.setup()
+    try:
+        await runner.setup()  # the app's on_startup: the store, the catalog, the tiers
+    except Exception as exc:
+        log.debug("the start failed", exc_info=True)
+        raise StartFailed(" ".join(f"{type(exc).__name__}: {exc}".split())) from exc
+    # Not in the try: with one worker, a port taken meanwhile reaches origin.commands as the
+    # OSError it names as such.
     site = web.TCPSite(runner, config.host, port, reuse_port=True, backlog=2048)
     await site.start()
     stop = asyncio.Event()
@@ -92,7 +104,13 @@ async def _run_worker(config: Config, port: int, on_ready: Callable[[], None]) -
 def worker_main(config: Config, port: int, ready: Any) -> None:
     _die_with_parent()
     configure_logging(config)
-    uvloop.run(_run_worker(config, port, lambda: ready.put(os.getpid())))
+    try:
+        uvloop.run(_run_worker(config, port, lambda: ready.put(os.getpid())))
+    except StartFailed as exc:
+        # One line (the format names this pid), not multiprocessing's traceback: a crash loop
+        # prints one per replacement. The supervisor logs the exit status next.
+        log.error("cannot start: %s", exc)
+        sys.exit(1)
 
 
 def _die_with_parent() -> None:
@@ -147,9 +165,10 @@ def serve(config: Config, banner: list[str]) -> int:
     seen. The token stays valid and the next start makes no other (it says "created at first
     start"); deleting it on failure instead would need the catalog, which may be what failed.
 
-    Exit status: 0 after a clean stop. 1 when the start failed, or when a worker did not stop
-    within ``shutdown_timeout`` and was killed: requests under way were cut off, and an
-    orchestrator or operator should see that the stop was not clean.
+    Exit status: 0 after a clean stop. 1 when the start failed (a worker's own start, with
+    ``origin: cannot start: ...`` on stderr for one worker; the traceback at log_level debug),
+    or when a worker did not stop within ``shutdown_timeout`` and was killed: requests under
+    way were cut off, and an orchestrator or operator should see that the stop was not clean.
     """
     announced = False
 
@@ -175,7 +194,14 @@ def _serve(config: Config, announce: Callable[[int], None]) -> int:
         port = reserved.getsockname()[1]
         if config.workers == 1:
             # One worker runs in this process: nothing to supervise, and a signal reaches it.
-            uvloop.run(_run_worker(config, port, lambda: announce(port)))
+            try:
+                uvloop.run(_run_worker(config, port, lambda: announce(port)))
+            except StartFailed as exc:
+                # As origin.commands says a start it refuses: one line (and exit 1, as a
+                # worker's failed start is with several).
+                print(f"origin: cannot start: {exc} (log_level debug logs the traceback)",
+                      file=sys.stderr)  # fmt: skip
+                return 1
             return 0
         return _supervise(config, port, announce)
 

@@ -248,6 +248,35 @@ def test_a_worker_that_dies_before_it_is_ready_stops_the_server_at_once(tmp_path
     assert re.search(r"worker \d+ exited with status 1 before it was ready", result.stderr)
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_start_that_fails_in_the_worker_says_why_in_one_line(
+    tmp_path: Path, workers: int
+) -> None:
+    data_dir = tmp_path / "d"
+    break_the_store_layout(data_dir)
+    args = ("serve", "--port", "0", "--workers", str(workers))
+    started = time.monotonic()
+    result = origin_cli(data_dir, *args, env={"ORIGIN_ADMIN_TOKEN": ADMIN_TOKEN})
+    assert time.monotonic() - started < 15
+    assert result.returncode == 1
+    # Before, a traceback: the process's own with one worker, one per worker with several.
+    assert "Traceback" not in result.stderr
+    if workers == 1:
+        last = result.stderr.splitlines()[-1]
+        assert last.startswith("origin: cannot start: FileExistsError")
+        assert str(data_dir / "tmp") in last
+    else:
+        # A worker still starting when the first fails is stopped: it may say nothing.
+        said = re.findall(r"\d+ ERROR origin\.server: cannot start: FileExistsError", result.stderr)
+        assert 1 <= len(said) <= workers
+    # The traceback is there for whoever asks for it.
+    debug_env = {"ORIGIN_ADMIN_TOKEN": ADMIN_TOKEN, "ORIGIN_LOG_LEVEL": "debug"}
+    debug = origin_cli(data_dir, *args, env=debug_env)
+    assert debug.returncode == 1
+    assert "Traceback" in debug.stderr
+    assert "FileExistsError" in debug.stderr
+
+
 def test_hung_workers_share_one_shutdown_deadline(tmp_path: Path) -> None:
     env = {"ORIGIN_SHUTDOWN_TIMEOUT": "3"}
     origin = LiveOrigin(tmp_path / "d", workers=2, env=env).start()
