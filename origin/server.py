@@ -1,8 +1,9 @@
 """``origin serve``: one process per worker, all listening on one port with SO_REUSEPORT.
 
 The kernel spreads connections across the workers' sockets. The parent reserves the port (so
-``--port 0`` picks one port for every worker), starts the workers, restarts one that dies,
-and on SIGTERM or SIGINT stops them all gracefully (in-flight requests finish).
+``--port 0`` picks one port for every worker), starts the workers, restarts one that dies
+(after a growing back-off when it keeps dying), and on SIGTERM or SIGINT stops them all
+gracefully (in-flight requests finish).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from typing import Any
 import uvloop
 from aiohttp import web
 
+from cache import TierHealth
+
 from .app import create_app
 from .appkeys import IN_FLIGHT
 from .config import Config
@@ -37,6 +40,12 @@ _READY_TIMEOUT = 30.0
 _PR_SET_PDEATHSIG = 1
 # How often the supervisor looks at its workers (started, exited).
 _POLL = 0.2
+# A worker that dies sooner than this after it started is taken for a crash loop (its start
+# fails, or it fails as soon as it serves): its replacement waits out a back-off, 0.5 s
+# doubling up to 30 s. One that lived longer crashed once: replaced at once, back-off reset.
+# Its lifetime, not its ready report, is the test: a worker that dies just after it is ready
+# loops as fast as one that never is.
+_STABLE_AFTER = 30.0
 
 
 class StartFailed(Exception):
@@ -230,13 +239,40 @@ def _supervise(config: Config, port: int, announce: Callable[[int], None]) -> in
         return 1
     announce(port)
 
+    started = [time.monotonic()] * len(workers)
+    backoffs = [TierHealth(f"worker slot {i}") for i in range(len(workers))]
+    dead: set[int] = set()  # slots whose worker exited, waiting out their back-off
+    # Short sleeps whatever the back-offs: SIGTERM is seen within _POLL.
     while not stopping:
+        _drain(ready)
         for i, proc in enumerate(workers):
-            if not proc.is_alive() and not stopping:
-                log.error("worker %s exited with %s; starting another", proc.pid, proc.exitcode)
+            if stopping:
+                break
+            if i not in dead and not proc.is_alive():
+                dead.add(i)
+                lived = time.monotonic() - started[i]
+                if lived < _STABLE_AFTER:
+                    backoffs[i].failed(ChildProcessError(f"exit status {proc.exitcode}"))
+                else:
+                    backoffs[i].succeeded()
+                log.error(
+                    "worker %s exited with status %s after %.1f s; starting another in %.1f s",
+                    proc.pid, proc.exitcode, lived, backoffs[i].report().retry_in,
+                )  # fmt: skip
+            if i in dead and backoffs[i].healthy:
+                dead.discard(i)
                 workers[i] = spawn()
+                started[i] = time.monotonic()
         time.sleep(_POLL)
     return 0 if _stop(workers, config.shutdown_timeout) else 1
+
+
+def _drain(ready: multiprocessing.queues.Queue[int]) -> None:
+    """Read what replacements report: unread, the queue's pipe would fill over many restarts,
+    and a worker that put into a full pipe blocks at its exit."""
+    with contextlib.suppress(queue.Empty):
+        while True:
+            log.info("worker %s ready", ready.get_nowait())
 
 
 def _wait_ready(

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,6 +15,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 
 import blake3
@@ -275,6 +277,41 @@ def test_a_start_that_fails_in_the_worker_says_why_in_one_line(
     assert debug.returncode == 1
     assert "Traceback" in debug.stderr
     assert "FileExistsError" in debug.stderr
+
+
+def test_a_worker_that_keeps_dying_is_restarted_after_a_growing_back_off(tmp_path: Path) -> None:
+    origin = LiveOrigin(tmp_path / "d", workers=2).start()
+    try:
+        first = origin.server_pids()
+        assert len(first) == 2
+        shutil.rmtree(origin.data_dir / "tmp")
+        break_the_store_layout(origin.data_dir)  # every replacement's start fails from now on
+        os.kill(first[0], signal.SIGKILL)
+        # Each worker's first and last sighting.
+        seen: dict[int, list[float]] = {}
+        killed_at = time.monotonic()
+        while (now := time.monotonic()) - killed_at < 8:
+            for pid in origin.server_pids():
+                seen.setdefault(pid, [now, now])[1] = now
+            time.sleep(0.05)
+        replacements = sorted(span for pid, span in seen.items() if pid not in first)
+        # Before, each replacement started within 0.2 s of the last one's death (4 in 8 s
+        # here, as many as the host could start); now it waits 0.5, 1, 2, 4 s...
+        assert 1 <= len(replacements) <= 3, replacements
+        waits = [later[0] - earlier[1] for earlier, later in pairwise(replacements)]
+        assert all(wait > 0.7 for wait in waits), waits
+        assert first[1] in origin.server_pids()  # the other worker serves on
+        # Backing off does not hold up a stop.
+        assert origin.proc is not None
+        stopped_at = time.monotonic()
+        origin.proc.send_signal(signal.SIGTERM)
+        assert origin.proc.wait(15) == 0
+        assert time.monotonic() - stopped_at < 5
+    finally:
+        origin.kill()
+    output = "".join(origin.output)
+    assert "cannot start: FileExistsError" in output
+    assert "Traceback" not in output  # one line for each, not a traceback
 
 
 def test_hung_workers_share_one_shutdown_deadline(tmp_path: Path) -> None:
