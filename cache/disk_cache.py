@@ -11,7 +11,7 @@ time (a lock file); all SQLite work runs on one dedicated thread.
 
 The bound is ``max_bytes``, or less when the file system cannot hold that much (a disk smaller
 than configured, other files on it, the catalog beside the cache on one node): the cache then
-leaves ``_MIN_FREE`` of it free, as nginx's ``min_free`` does. That ``capacity`` is read again
+leaves 5 % of it free (at most 1 GiB), as nginx's ``min_free`` does. That ``capacity`` is read again
 at every sweep, counting the cache's own blobs and copies under way as room it may use; a blob
 larger than half of it is not cached at all. A copy that still finds the disk full (others
 wrote to it since the sweep) wakes a sweep that frees a tenth of the capacity more. Without
