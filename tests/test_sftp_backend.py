@@ -968,6 +968,12 @@ def gated_sshd(tmp_path: Path) -> Iterator[SshdServer]:
     server.start()
     yield server
     server.stop()
+    # Wrappers stopped at the gate whose sessions had already gone were orphaned (no longer
+    # under sshd, so sftp_stuck never saw them) and stayed stopped after the test.
+    for proc in psutil.process_iter(["cmdline"]):
+        if str(wrapper) in " ".join(proc.info["cmdline"] or ()):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
 
 
 @contextlib.asynccontextmanager
