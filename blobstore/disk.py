@@ -21,7 +21,14 @@ import json
 import logging
 import os
 import secrets
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Iterator
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterator,
+)
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -239,7 +246,11 @@ class DiskBackend:
         chunks: AsyncIterable[bytes],
         expected: Expectation = NOTHING_EXPECTED,
         content_type: str = DEFAULT_CONTENT_TYPE,
+        *,
+        on_written: Callable[[Path, int], None] | None = None,
     ) -> PutResult:
+        """``on_written(temp_path, n)``, when given, is called as the first ``n`` bytes become
+        readable in the temp file (the local cache's readers follow a copy under way)."""
         writer = _TempWriter(self._tmp, self._direct_io)
         inflight: asyncio.Future[object] | None = None
         try:
@@ -251,6 +262,8 @@ class DiskBackend:
                 if pending:
                     if inflight is not None:
                         await inflight
+                        if on_written is not None and writer.path is not None:
+                            on_written(writer.path, writer.in_file)
                     inflight = _both(
                         asyncio.to_thread(writer.write_blake3, pending),
                         asyncio.to_thread(writer.sha256, pending),
@@ -362,6 +375,14 @@ class _TempWriter:
     @property
     def needs_cleanup(self) -> bool:
         return self._path is not None
+
+    @property
+    def path(self) -> Path | None:
+        return self._path
+
+    @property
+    def in_file(self) -> int:
+        return 0 if self._sink is None else self._sink.in_file
 
     def _open(self, direct: bool) -> FileSink:
         if self._sink is None:

@@ -23,6 +23,7 @@ class FileSink:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
         self._stage: mmap.mmap | None = None
         self._staged = 0
+        self._taken = 0  # bytes given to write(), staged ones included
         if direct:
             try:
                 self._fd = os.open(path, flags | os.O_DIRECT, 0o644)
@@ -34,8 +35,14 @@ class FileSink:
         if not direct:
             self._fd = os.open(path, flags, 0o644)
 
+    @property
+    def in_file(self) -> int:
+        """Bytes a reader of the file sees now: all written but those still staged."""
+        return self._taken - self._staged
+
     def write(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
+        self._taken += len(view)
         if self._stage is None:
             _write_all(self._fd, view)
             return

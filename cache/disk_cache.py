@@ -180,11 +180,13 @@ class DiskCache:
         chunks: AsyncIterable[bytes],
         expected: Expectation = NOTHING_EXPECTED,
         content_type: str = DEFAULT_CONTENT_TYPE,
+        *,
+        on_written: Callable[[Path, int], None] | None = None,
     ) -> PutResult:
         pin = expected.blake3
         with self._pinned(pin) if pin is not None else contextlib.nullcontext():
             try:
-                result = await self.store.put(chunks, expected, content_type)
+                result = await self.store.put(chunks, expected, content_type, on_written=on_written)
             except StorageFull:
                 self._squeezed = True
                 self._wake.set()

@@ -7,10 +7,14 @@ verifies it like any upload), and through another to the request that leads.
 The copy goes at the pace of the store and the disk, never at the client's: a client that
 stops reading (a phone in a tunnel) must not hold up the copy that every other request for the
 blob waits for. When the leading client falls ``_LEAD_CHUNKS`` behind, it is let go and
-continues from where it is with ``rest`` (the cached file once the copy is done, or the store
-below if it failed). If the client goes away, the copy finishes without it. Other requests for
-the same blob wait for ``done`` and then read the cached file, so the durable store is read
-once.
+continues from where it is by following the copy. If the client goes away, the copy finishes
+without it.
+
+Other requests for the blob, and a leading client that was let go, follow the copy: they read
+the cache's temp file up to what it has written so far (``on_written``), waiting when they
+catch up, so their first byte does not wait for the whole blob and the durable store is read
+once (ATS calls this read-while-writer). Once the copy is over they continue with ``rest``:
+the cached file, or the store below if the copy failed.
 """
 
 from __future__ import annotations
@@ -18,33 +22,47 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 _END = None
 _LEAD_CHUNKS = 8  # what a slow leading client may have waiting for it before it is let go
+_FOLLOW_READ = 1 << 20  # bytes per read of the temp file by a follower
+
+OnWritten = Callable[[Path, int], None]
+Store = Callable[[AsyncIterator[bytes], OnWritten], Awaitable[object]]
 
 Item = bytes | BaseException | None
 
 
 class LocalFill:
-    def __init__(
-        self,
-        source: AsyncIterator[bytes],
-        store: Callable[[AsyncIterator[bytes]], Awaitable[object]],
-    ) -> None:
+    def __init__(self, source: AsyncIterator[bytes], store: Store) -> None:
         self._source = source
         self._feed: asyncio.Queue[Item] = asyncio.Queue(maxsize=8)
         self._lead: asyncio.Queue[Item] = asyncio.Queue(maxsize=_LEAD_CHUNKS)
         self._lead_let_go = False  # the leading client fell behind, or left
         self._fed_all = False  # the store has taken the last item (the end, or an error)
+        self._temp: Path | None = None  # the copy's temp file, once it has one
+        self._in_temp = 0  # bytes readable there
+        self._changed = asyncio.Event()  # set (and replaced) when either of those moves
         self.done: asyncio.Future[bool] = asyncio.ensure_future(self._store(store))
+        self.done.add_done_callback(lambda _: self._wake_followers())
         self._copy = asyncio.ensure_future(self._read_source())
 
-    async def _store(self, store: Callable[[AsyncIterator[bytes]], Awaitable[object]]) -> bool:
+    def _on_written(self, temp: Path, in_file: int) -> None:
+        self._temp, self._in_temp = temp, in_file
+        self._wake_followers()
+
+    def _wake_followers(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def _store(self, store: Store) -> bool:
         try:
-            await store(self._drain())
+            await store(self._drain(), self._on_written)
             return True
         except Exception as exc:
             log.warning("local cache fill failed, serving from below: %s", exc)
@@ -93,7 +111,8 @@ class LocalFill:
         try:
             while True:
                 if self._lead_let_go and self._lead.empty():
-                    async with contextlib.aclosing(rest(max(start, pos))) as chunks:
+                    follow = self.follow(max(start, pos), end, rest)
+                    async with contextlib.aclosing(follow) as chunks:
                         async for chunk in chunks:
                             yield chunk
                     return
@@ -111,3 +130,39 @@ class LocalFill:
         finally:
             # The client left, or has its bytes: nothing more is queued for it.
             self._lead_let_go = True
+
+    async def follow(
+        self,
+        start: int,
+        end: int | None,
+        rest: Callable[[int], AsyncGenerator[bytes, None]],
+    ) -> AsyncGenerator[bytes, None]:
+        """Bytes ``[start, end)`` from the copy's temp file as it is written; once the copy is
+        over, ``rest(position)`` gives what is left."""
+        pos = start
+        fd = -1
+        try:
+            while not self.done.done() and (end is None or pos < end):
+                changed = self._changed  # taken before looking: no wake-up is missed
+                upto = self._in_temp if end is None else min(end, self._in_temp)
+                if self._temp is None or pos >= upto:
+                    await changed.wait()
+                    continue
+                if fd < 0:
+                    try:
+                        fd = await asyncio.to_thread(os.open, self._temp, os.O_RDONLY)
+                    except FileNotFoundError:  # committed and renamed meanwhile: it is over
+                        await asyncio.wait([self.done])
+                        break
+                chunk = await asyncio.to_thread(os.pread, fd, min(_FOLLOW_READ, upto - pos), pos)
+                if not chunk:  # cannot be, short of a truncation behind us: let rest decide
+                    break
+                pos += len(chunk)
+                yield chunk
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        if end is None or pos < end:
+            async with contextlib.aclosing(rest(pos)) as chunks:
+                async for chunk in chunks:
+                    yield chunk

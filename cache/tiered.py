@@ -33,7 +33,7 @@ from blobstore import (
 
 from .disk_cache import DiskCache
 from .events import CacheEvents, NoEvents
-from .fill import LocalFill
+from .fill import LocalFill, OnWritten
 from .health import HealthReport, TierHealth
 from .memory import MemoryTier
 from .singleflight import SingleFlight
@@ -241,9 +241,11 @@ class TieredStore:
                         yield chunk
                 return
             self._events.flight_joined()
-            async with contextlib.aclosing(
-                self._after_fill(fill, local, info, start, end)
-            ) as chunks:
+
+            def after(position: int) -> AsyncGenerator[bytes, None]:
+                return self._after_fill(fill, local, info, position, end)
+
+            async with contextlib.aclosing(fill.follow(start, end, after)) as chunks:
                 async for chunk in chunks:
                     yield chunk
             return
@@ -271,8 +273,8 @@ class TieredStore:
         self._events.durable_read()
         expected = Expectation(blake3=info.digest)
 
-        async def store(chunks: AsyncIterator[bytes]) -> None:
-            await local.put(chunks, expected, info.content_type)
+        async def store(chunks: AsyncIterator[bytes], on_written: OnWritten) -> None:
+            await local.put(chunks, expected, info.content_type, on_written=on_written)
             self._events.promoted(local.name)
 
         fill = LocalFill(self.durable.open(info.digest), store)

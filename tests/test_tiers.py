@@ -506,6 +506,42 @@ async def test_first_byte_does_not_wait_for_the_local_copy(tmp_path: Path) -> No
         await local.close()
 
 
+async def test_gets_that_join_a_copy_under_way_follow_it(tmp_path: Path) -> None:
+    """A cold 32 MiB blob that trickles from below (20 ms a MiB): a GET that joins after 8 MiB,
+    and a range ahead of the copy, each get their first byte while the copy still runs (the
+    blob not yet in the cache), read from its temp file; so does the leading GET once it
+    falls behind and is let go. Before, each waited for the whole copy. The durable store is
+    read once."""
+    events = CountingEvents()
+    durable = SlowDisk(tmp_path / "slow", chunk_size=1 << 20)
+    await durable.start()
+    local = DiskCache(tmp_path / "local", 1 << 30, maintain=False)
+    await local.start()
+    chain = TieredStore([], durable, local_cache=local, events=events)
+    try:
+        data = os.urandom(32 << 20)
+        info = await store_in(durable, data)
+        leader = chain.open(info.digest)
+        led = [await anext(leader) for _ in range(8)]  # then it stops reading: let go
+        joiner = chain.open(info.digest)
+        joined = [await anext(joiner)]
+        assert await local.stat(info.digest) is None  # the copy is still under way
+        ahead = chain.open(info.digest, 20 << 20, (20 << 20) + 5000)
+        first = await anext(ahead)
+        assert await local.stat(info.digest) is None
+        assert first + b"".join([c async for c in ahead]) == data[20 << 20 : (20 << 20) + 5000]
+        joined += [c async for c in joiner]
+        led += [c async for c in leader]
+        assert b"".join(joined) == data
+        assert b"".join(led) == data
+        await chain.drain()
+        assert await local.stat(info.digest) is not None
+        assert events.counts["durable_read"] == 1
+        assert events.counts["joined"] == 2
+    finally:
+        await local.close()
+
+
 async def test_a_corrupt_copy_is_not_cached(tmp_path: Path) -> None:
     chain, local, durable = await slow_chain(tmp_path)
     try:
