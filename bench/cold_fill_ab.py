@@ -9,6 +9,10 @@ order alternating A B, B A: every GET is the first of that blob on its origin, s
 fill from SFTP into the local disk cache. Prints the median MiB/s of each side's GET and of the
 per-round ratios B/A. Results: docs/BENCHMARKS.md, "Tiers".
 
+With ``--join-after N`` it measures the GET that joins a fill instead: a first GET leads it,
+and once that one has read N bytes a second GET of the blob starts; what is printed is the
+second one's time to its first byte (and to its last).
+
     old=$(bench/origin_at.sh 2f38ad2 /tmp/ab-fill)
     flock /tmp/bench.lock .venv/bin/python bench/cold_fill_ab.py --b "$old" --rounds 8
 """
@@ -20,6 +24,7 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -42,12 +47,40 @@ def get_seconds(url: str) -> float:
     return time.perf_counter() - started
 
 
+def joined_get(url: str, after: int) -> tuple[float, float]:
+    """A GET that leads the fill, and a second one once the first has read ``after`` bytes:
+    the second's seconds to its first byte and to its last."""
+    far_enough = threading.Event()
+
+    def lead() -> None:
+        got = 0
+        with urllib.request.urlopen(url, timeout=120) as resp:
+            while chunk := resp.read(1 << 20):
+                got += len(chunk)
+                if got >= after:
+                    far_enough.set()
+        far_enough.set()
+
+    leader = threading.Thread(target=lead)
+    leader.start()
+    far_enough.wait()
+    started = time.perf_counter()
+    with urllib.request.urlopen(url, timeout=120) as resp:
+        resp.read(1)
+        first = time.perf_counter() - started
+        while resp.read(1 << 20):
+            pass
+    leader.join()
+    return first, time.perf_counter() - started
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--a", type=Path, default=DEFAULT_ORIGIN, help="origin executable A")
     parser.add_argument("--b", type=Path, required=True, help="origin executable B")
     parser.add_argument("--size", type=parse_size, default=256 * MiB)
     parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--join-after", type=parse_size, help="measure a GET joining the fill")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="cold-fill-") as tmp:
         root = Path(tmp)
@@ -73,14 +106,25 @@ def main() -> int:
                 urllib.request.urlopen(put, timeout=120).close()
                 del data
                 for name in ("A", "B") if i % 2 == 0 else ("B", "A"):
-                    seconds = get_seconds(f"{origins[name].url}/blobs/{digest}")
-                    rates[name].append(args.size / MiB / seconds)
-                print(f"round {i}: A {rates['A'][-1]:.0f} MiB/s, B {rates['B'][-1]:.0f} MiB/s",
-                      flush=True)  # fmt: skip
+                    url = f"{origins[name].url}/blobs/{digest}"
+                    if args.join_after is None:
+                        rates[name].append(args.size / MiB / get_seconds(url))
+                    else:
+                        first, whole = joined_get(url, args.join_after)
+                        rates[name].append(first)
+                        print(f"  {name}: joiner's first byte {first * 1000:.0f} ms, "
+                              f"last {whole * 1000:.0f} ms", flush=True)  # fmt: skip
+                if args.join_after is None:
+                    print(f"round {i}: A {rates['A'][-1]:.0f} MiB/s, "
+                          f"B {rates['B'][-1]:.0f} MiB/s", flush=True)  # fmt: skip
         finally:
             for origin in origins.values():
                 origin.stop()
             sshd.stop()
+    if args.join_after is not None:
+        print(f"median joiner's first byte: A {statistics.median(rates['A']) * 1000:.0f} ms, "
+              f"B {statistics.median(rates['B']) * 1000:.0f} ms")  # fmt: skip
+        return 0
     ratios = [b / a for a, b in zip(rates["A"], rates["B"], strict=True)]
     print(f"median cold GET: A {statistics.median(rates['A']):.0f} MiB/s, "
           f"B {statistics.median(rates['B']):.0f} MiB/s; B/A {statistics.median(ratios):.2f} "
