@@ -150,8 +150,8 @@ class LocalFill:
                     continue
                 if fd < 0:
                     try:
-                        fd = await asyncio.to_thread(os.open, self._temp, os.O_RDONLY)
-                    except FileNotFoundError:  # committed and renamed meanwhile: it is over
+                        fd = await _open_for_reading(self._temp)
+                    except FileNotFoundError:  # committed meanwhile (linked, the temp name gone)
                         await asyncio.wait([self.done])
                         break
                 chunk = await asyncio.to_thread(os.pread, fd, min(_FOLLOW_READ, upto - pos), pos)
@@ -166,3 +166,18 @@ class LocalFill:
             async with contextlib.aclosing(rest(pos)) as chunks:
                 async for chunk in chunks:
                     yield chunk
+
+
+async def _open_for_reading(path: Path) -> int:
+    """``os.open`` in a thread; a caller cancelled meanwhile does not leak the descriptor."""
+    opening = asyncio.ensure_future(asyncio.to_thread(os.open, path, os.O_RDONLY))
+    try:
+        return await asyncio.shield(opening)
+    except asyncio.CancelledError:
+        opening.add_done_callback(_close_opened)
+        raise
+
+
+def _close_opened(opening: asyncio.Future[int]) -> None:
+    if not opening.cancelled() and opening.exception() is None:
+        os.close(opening.result())
