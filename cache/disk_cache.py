@@ -129,6 +129,7 @@ class DiskCache:
         await asyncio.get_running_loop().run_in_executor(self._sql, connect)
         self._used = await self._in_db(_total_size)
         self.capacity = await self._in_db(lambda _: self._capacity(self._used))
+        self._events.sized(self.name, self._used, self.capacity)
         if self._maintain_in_background:
             self._tasks = [
                 asyncio.create_task(self._maintain()),
@@ -292,6 +293,7 @@ class DiskCache:
                 total -= size
             await self._in_db(partial(_forget, digests=[d for d, _ in victims]))
         self._used = total
+        self._events.sized(self.name, total, self.capacity)
         if victims:
             self._events.evicted(self.name, len(victims))
         return len(victims)

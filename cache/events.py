@@ -1,4 +1,5 @@
-"""What the tiers report: hits, misses, bytes, promotions, evictions; origin makes metrics."""
+"""What the tiers report: hits, misses, bytes, promotions, evictions, the disk cache's size;
+origin makes metrics."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ class CacheEvents(Protocol):
     def evicted(self, tier: str, count: int = 1) -> None: ...
     def flight_joined(self) -> None: ...
     def durable_read(self) -> None: ...
+    def sized(self, tier: str, used: int, capacity: int) -> None: ...
 
 
 class NoEvents:
@@ -31,4 +33,7 @@ class NoEvents:
         pass
 
     def durable_read(self) -> None:
+        pass
+
+    def sized(self, tier: str, used: int, capacity: int) -> None:
         pass

@@ -25,6 +25,7 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
@@ -39,6 +40,16 @@ FLIGHT_JOINS = Counter(
     "origin_singleflight_waits_total", "Reads that joined a fetch already under way"
 )
 DURABLE_READS = Counter("origin_durable_reads_total", "Reads that reached the durable store")
+# Every worker of a node sees the same cache directory: the largest live value, not the sum.
+CACHE_SIZE = Gauge(
+    "origin_cache_size_bytes", "Bytes a tier holds (the disk cache, at its last sweep)", ["tier"],
+    multiprocess_mode="livemax",
+)  # fmt: skip
+CACHE_CAPACITY = Gauge(
+    "origin_cache_capacity_bytes",
+    "Bytes a tier may hold now (the disk cache: its bound, or less on a fuller disk)",
+    ["tier"], multiprocess_mode="livemax",
+)  # fmt: skip
 REQUEST_SECONDS = Histogram(
     "origin_request_duration_seconds",
     "Time until the handler answered (a sendfile body is sent after that)",
@@ -118,6 +129,11 @@ class PrometheusEvents:
 
     def durable_read(self) -> None:
         BATCH.count(DURABLE_READS, ())
+
+    def sized(self, tier: str, used: int, capacity: int) -> None:
+        # A sweep's result, every few seconds: set at once, not batched.
+        CACHE_SIZE.labels(tier).set(used)
+        CACHE_CAPACITY.labels(tier).set(capacity)
 
 
 def record_request(request: web.Request, status: int, start: float) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import threading
@@ -211,6 +212,16 @@ def test_a_full_disk_cache_costs_the_cache_not_the_request(
         )
         status, part = http(origin, "GET", f"/blobs/{b3(big)}", headers={"Range": "bytes=7-99"})
         assert (status, part) == (206, big[7:100])
+
+        def gauge(name: str) -> float:
+            text = http(origin, "GET", "/metrics")[1].decode()
+            found = re.search(rf'^{name}{{tier="disk"}} (\S+)$', text, re.MULTILINE)
+            assert found, text
+            return float(found.group(1))
+
+        # What an operator sees: the bound the disk allows, not disk_cache_size (50 GiB).
+        assert gauge("origin_cache_capacity_bytes") <= 2 << 20
+        assert gauge("origin_cache_size_bytes") <= gauge("origin_cache_capacity_bytes")
     finally:
         origin.stop()
 
