@@ -410,6 +410,38 @@ async def test_racing_patches_with_one_if_match_one_wins(api: Client) -> None:
     assert len(history["versions"]) == 2
 
 
+async def test_a_conditional_patch_that_keeps_losing_its_race_is_a_503_busy(
+    api: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``If-Match: *`` PATCHes at once on one asset, each allowed a single attempt (10 in
+    production): one whose asset changed between its read and its write is answered 503 busy
+    with Retry-After, and changes nothing; each 200 is one version, none lost."""
+    monkeypatch.setattr("origin.asset_routes._CONDITIONAL_ATTEMPTS", 1)
+    made = await create(api)
+    url = f"/assets/{made['identifier']}"
+    landed: set[int] = set()
+    busy = 0
+    for round_ in range(5):  # a race is likely in the first round, certain in none
+        sent = range(round_ * 100, round_ * 100 + 12)
+        racing = await asyncio.gather(
+            *(api.patch(url, json={"attributes": {"n": n}}, headers={**AUTH, "If-Match": "*"})
+              for n in sent)
+        )  # fmt: skip
+        for n, resp in zip(sent, racing, strict=True):
+            if resp.status == 200:
+                landed.add(n)
+                continue
+            await problem(resp, 503, "busy")
+            assert resp.headers["Retry-After"] == "1"
+            busy += 1
+        if busy:
+            break
+    assert busy, "no PATCH ever lost its race"
+    history = (await (await api.get(f"{url}/versions")).json())["versions"]
+    assert len(history) == 1 + len(landed)
+    assert {v["attributes"]["n"] for v in history if v["version"] > 1} == landed
+
+
 # -- the rest of the contract's edges ---------------------------------------------------------
 
 
