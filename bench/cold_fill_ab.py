@@ -86,9 +86,8 @@ def main() -> int:
         root = Path(tmp)
         sshd = SshdServer(root / "sshd").start()
         env = {
-            **os.environ, "ORIGIN_ADMIN_TOKEN": TOKEN, "ORIGIN_SFTP_URL": sshd.url,
-            "ORIGIN_SFTP_KEY": str(sshd.client_key),
-            "ORIGIN_SFTP_KNOWN_HOSTS": str(sshd.known_hosts), "ORIGIN_MEMORY_CACHE_SIZE": "0",
+            **os.environ, **sshd.origin_env(), "ORIGIN_ADMIN_TOKEN": TOKEN,
+            "ORIGIN_MEMORY_CACHE_SIZE": "0",
         }  # fmt: skip
         origins = {
             name: Origin(exe, root / name, env, 1, root / f"{name}.log")

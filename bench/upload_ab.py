@@ -72,12 +72,7 @@ def start(name: str, exe: Path, work: Path, workers: int) -> Setup:
     sshd = SshdServer(work / f"sshd-{name}")
     sshd.start()
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORIGIN_")}
-    env |= {
-        "ORIGIN_ADMIN_TOKEN": TOKEN,
-        "ORIGIN_SFTP_URL": f"sftp://{sshd.user}@127.0.0.1:{sshd.port}{sshd.root}/store",
-        "ORIGIN_SFTP_KEY": str(sshd.client_key),
-        "ORIGIN_SFTP_KNOWN_HOSTS": str(sshd.known_hosts),
-    }
+    env |= {"ORIGIN_ADMIN_TOKEN": TOKEN, **sshd.origin_env(sshd.root / "store")}
     try:
         origin = Origin(exe, work / f"node-{name}", env, workers, work / f"origin-{name}.log")
     except BaseException:

@@ -463,11 +463,7 @@ def run_round(
 
     for jobs in args.jobs:
         store = sshd.root / f"origin-j{jobs}"
-        sftp_env = {
-            "ORIGIN_SFTP_URL": f"sftp://{sshd.user}@127.0.0.1:{sshd.port}{store}",
-            "ORIGIN_SFTP_KEY": str(sshd.client_key),
-            "ORIGIN_SFTP_KNOWN_HOSTS": str(sshd.known_hosts),
-        }
+        sftp_env = sshd.origin_env(store)
         origin_run(bench, plan, sshd, sshd_log, f"j{jobs}-r{rnd}", jobs, sftp_env, store, rnd)
     if args.disk_origin:
         # The same upload with the SFTP leg taken away: what the HTTP hop and the

@@ -54,6 +54,16 @@ class SshdServer:
     def url(self) -> str:
         return f"sftp://{self.user}@127.0.0.1:{self.port}{self.root}"
 
+    def origin_env(self, root: Path | None = None) -> dict[str, str]:
+        """An origin's environment for this server as its durable store (at ``root``, by
+        default the server's own)."""
+        url = self.url if root is None else f"sftp://{self.user}@127.0.0.1:{self.port}{root}"
+        return {
+            "ORIGIN_SFTP_URL": url,
+            "ORIGIN_SFTP_KEY": str(self.client_key),
+            "ORIGIN_SFTP_KNOWN_HOSTS": str(self.known_hosts),
+        }
+
     def _prepare(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         host_pub = keygen(self.host_key, "test-host")

@@ -140,9 +140,7 @@ def request(origin: LiveOrigin, method: str, path: str, body: bytes | None = Non
 
 def test_with_sftp_only_blobs_in_the_disk_cache_are_named(tmp_path: Path, sshd: SshdServer) -> None:
     env = {
-        "ORIGIN_SFTP_URL": sshd.url,
-        "ORIGIN_SFTP_KEY": str(sshd.client_key),
-        "ORIGIN_SFTP_KNOWN_HOSTS": str(sshd.known_hosts),
+        **sshd.origin_env(),
         "ORIGIN_MEMORY_CACHE_SIZE": "0",
         "ORIGIN_ACCEL_REDIRECT": "/_accel/",
     }

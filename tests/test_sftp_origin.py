@@ -23,12 +23,8 @@ from .test_live_server import auth, b3, connect, http, read_head, request_head
 
 @pytest.fixture
 def sftp_origin(tmp_path: Path, sshd: SshdServer) -> Iterator[LiveOrigin]:
-    env = {
-        "ORIGIN_SFTP_URL": sshd.url,
-        "ORIGIN_SFTP_KEY": str(sshd.client_key),
-        "ORIGIN_SFTP_KNOWN_HOSTS": str(sshd.known_hosts),
-        "ORIGIN_MEMORY_CACHE_SIZE": "0",  # so reads of cached blobs come from the disk cache
-    }
+    # No memory tier, so reads of cached blobs come from the disk cache.
+    env = {**sshd.origin_env(), "ORIGIN_MEMORY_CACHE_SIZE": "0"}
     origin = LiveOrigin(data_dir=tmp_path / "node", env=env).start()
     yield origin
     origin.stop()
@@ -188,12 +184,7 @@ def test_a_full_disk_cache_costs_the_cache_not_the_request(
     node = tmp_path / "node"
     node.mkdir()
     (node / "cache").symlink_to(tiny_fs)
-    env = {
-        "ORIGIN_SFTP_URL": sshd.url,
-        "ORIGIN_SFTP_KEY": str(sshd.client_key),
-        "ORIGIN_SFTP_KNOWN_HOSTS": str(sshd.known_hosts),
-        "ORIGIN_MEMORY_CACHE_SIZE": "0",
-    }
+    env = {**sshd.origin_env(), "ORIGIN_MEMORY_CACHE_SIZE": "0"}
     origin = LiveOrigin(data_dir=node, env=env).start()
     try:
         big, small = os.urandom(5 << 20), os.urandom(100_000)

@@ -82,11 +82,7 @@ def test_origin_verify_reads_the_sftp_store_and_leaves_the_nodes_cache_alone(
     """With SFTP configured, verify checks what is on the SFTP server, and opens nothing of the
     node's tiers: no disk cache of its own on the node's cache directory (it used to build the
     whole chain and start a second maintainer of that directory beside the running server)."""
-    env = {
-        "ORIGIN_SFTP_URL": sshd.url,
-        "ORIGIN_SFTP_KEY": str(sshd.client_key),
-        "ORIGIN_SFTP_KNOWN_HOSTS": str(sshd.known_hosts),
-    }
+    env = sshd.origin_env()
     origin = LiveOrigin(data_dir=tmp_path / "node", env=env).start()
     data = os.urandom(200_000)
     digest = b3(data)
