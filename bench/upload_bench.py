@@ -376,9 +376,10 @@ class Origin:
                 self.proc.wait(10)
 
 
-def check_store(store: Path, plan: list[TreeFile], manifest: Path) -> int:
+def check_store(store: Path, tree: Path, plan: list[TreeFile], manifest: Path) -> int:
     doc = json.loads(manifest.read_text())
-    if set(doc) != {f.rel for f in plan}:
+    # The manifest names each file as reached from what was named on the command line.
+    if set(doc) != {str(tree / f.rel) for f in plan}:
         raise RuntimeError("manifest does not list exactly the tree")
     digests = {v["digest"]: v["size"] for v in doc.values()}
     held = {p.name: p.stat().st_size for p in (store / "blobs").rglob("*") if p.is_file()}
@@ -529,7 +530,7 @@ def origin_run(
             origin_pid=origin.proc.pid, sshd_pid=sshd.proc.pid, sshd_log=sshd_log,
             files=len(plan), nbytes=total, jobs=jobs,
         )  # fmt: skip
-        blobs = check_store(store, plan, manifest)
+        blobs = check_store(store, tree, plan, manifest)
         if not hash_cache.is_file():
             raise RuntimeError(f"no hash cache at {hash_cache}")
         first.note = f"{blobs} blobs on {where}, exactly the tree"
