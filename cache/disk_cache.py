@@ -83,6 +83,7 @@ class DiskCache:
         self.root = root
         self.max_bytes = max_bytes
         self.store = DiskBackend(root, chunk_size=chunk_size, direct_io=direct_io)
+        self.fills = root / "fills"  # node_fill's locks: one copy of a blob at a time per node
         self._events = events or NoEvents()
         self._interval = interval
         self._maintain_in_background = maintain
@@ -109,6 +110,7 @@ class DiskCache:
 
     async def start(self) -> None:
         await self.store.start()
+        await asyncio.to_thread(self.fills.mkdir, exist_ok=True)
 
         def connect() -> None:
             self._db = sqlite3.connect(self.root / "lru.sqlite", check_same_thread=False)

@@ -150,7 +150,7 @@ class LocalFill:
                     continue
                 if fd < 0:
                     try:
-                        fd = await _open_for_reading(self._temp)
+                        fd = await open_for_reading(self._temp)
                     except FileNotFoundError:  # committed meanwhile (linked, the temp name gone)
                         await asyncio.wait([self.done])
                         break
@@ -168,7 +168,7 @@ class LocalFill:
                     yield chunk
 
 
-async def _open_for_reading(path: Path) -> int:
+async def open_for_reading(path: Path) -> int:
     """``os.open`` in a thread; a caller cancelled meanwhile does not leak the descriptor."""
     opening = asyncio.ensure_future(asyncio.to_thread(os.open, path, os.O_RDONLY))
     try:

@@ -36,6 +36,7 @@ from .events import CacheEvents, NoEvents
 from .fill import LocalFill, OnWritten
 from .health import HealthReport, TierHealth
 from .memory import MemoryTier
+from .node_fill import NodeFill, claim, follow_other
 from .singleflight import SingleFlight
 from .tier import CacheTier
 
@@ -228,24 +229,38 @@ class TieredStore:
                     return
             self._events.miss(local.name)
             fill = self._fills.get(info.digest)
-            if fill is None:  # this request leads: it reads as the copy goes
-                fill = self._start_fill(local, info)
+            if fill is None:
+                node_claim = await asyncio.to_thread(claim, local.fills, info.digest)
+                fill = self._fills.get(info.digest)  # one another request started meanwhile
+                if fill is None and node_claim is not None:  # this request leads the copy
+                    fill = self._start_fill(local, info, node_claim)
 
-                def rest(position: int) -> AsyncGenerator[bytes, None]:
-                    return self._after_fill(fill, local, info, position, end)
+                    def rest(position: int) -> AsyncGenerator[bytes, None]:
+                        return self._after_fill(fill, local, info, position, end)
 
-                # Closed with the response, also when the client leaves: the copy then
-                # finishes without it (not whenever the generator happens to be collected).
-                async with contextlib.aclosing(fill.stream(start, end, rest)) as streamed:
-                    async for chunk in streamed:
-                        yield chunk
-                return
+                    # Closed with the response, also when the client leaves: the copy then
+                    # finishes without it (not whenever the generator happens to be collected).
+                    async with contextlib.aclosing(fill.stream(start, end, rest)) as streamed:
+                        async for chunk in streamed:
+                            yield chunk
+                    return
+                if node_claim is not None:
+                    await asyncio.to_thread(node_claim.release)
             self._events.flight_joined()
+            if fill is None:  # another worker of this node copies it: follow that copy
 
-            def after(position: int) -> AsyncGenerator[bytes, None]:
-                return self._after_fill(fill, local, info, position, end)
+                def cached_or_below(position: int) -> AsyncGenerator[bytes, None]:
+                    return self._cached_or_below(local, info, position, end)
 
-            async with contextlib.aclosing(fill.follow(start, end, after)) as chunks:
+                following = follow_other(local.fills, info.digest, start, end, cached_or_below)
+            else:
+                this_fill = fill
+
+                def after(position: int) -> AsyncGenerator[bytes, None]:
+                    return self._after_fill(this_fill, local, info, position, end)
+
+                following = fill.follow(start, end, after)
+            async with contextlib.aclosing(following) as chunks:
                 async for chunk in chunks:
                     yield chunk
             return
@@ -268,19 +283,47 @@ class TieredStore:
         async for chunk in self.durable.open(info.digest, start, end):
             yield chunk
 
-    def _start_fill(self, local: DiskCache, info: BlobInfo) -> LocalFill:
-        """One streaming, verified copy from the durable store into the local cache."""
+    def _start_fill(self, local: DiskCache, info: BlobInfo, node_claim: NodeFill) -> LocalFill:
+        """One streaming, verified copy from the durable store into the local cache; the
+        node's other workers follow it through ``node_claim`` until it ends."""
         self._events.durable_read()
         expected = Expectation(blake3=info.digest)
 
         async def store(chunks: AsyncIterator[bytes], on_written: OnWritten) -> None:
-            await local.put(chunks, expected, info.content_type, on_written=on_written)
+            def written(temp: Path, in_file: int) -> None:
+                node_claim.note_temp(temp)
+                on_written(temp, in_file)
+
+            await local.put(chunks, expected, info.content_type, on_written=written)
             self._events.promoted(local.name)
 
         fill = LocalFill(self.durable.open(info.digest), store)
         self._fills[info.digest] = fill
-        fill.done.add_done_callback(lambda _: self._fills.pop(info.digest, None))
+
+        def over(_: object) -> None:
+            self._fills.pop(info.digest, None)
+            self._spawn(asyncio.to_thread(node_claim.release))
+
+        fill.done.add_done_callback(over)
         return fill
+
+    async def _cached_or_below(
+        self, local: DiskCache, info: BlobInfo, start: int, end: int | None
+    ) -> AsyncGenerator[bytes, None]:
+        """Bytes ``[start, end)`` after another worker's copy: the cached file, or the durable
+        store when that copy did not land."""
+        chunks = local.open(info.digest, start, end)
+        try:
+            first = await anext(chunks, b"")
+        except BlobNotFound:
+            self._events.durable_read()
+            async for chunk in self.durable.open(info.digest, start, end):
+                yield chunk
+            return
+        yield first
+        async with contextlib.aclosing(chunks):
+            async for chunk in chunks:
+                yield chunk
 
     # -- promotion ----------------------------------------------------------------------------
 

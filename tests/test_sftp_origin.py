@@ -12,6 +12,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -272,6 +273,30 @@ def test_a_client_that_stops_reading_a_cold_get_holds_up_no_one(
             assert chunk, "the stalled client's download was cut short"
             body += chunk  # bytes would copy the whole body at every recv (16 s for 48 MiB)
     assert body == data
+
+
+def test_cold_gets_on_every_worker_of_a_node_read_sftp_once(
+    tmp_path: Path, sshd: SshdServer
+) -> None:
+    """Concurrent GETs of a cold blob, spread by the kernel over both workers: one copy from
+    SFTP for the node (the other worker follows it), every GET served whole."""
+    env = {**sshd.origin_env(), "ORIGIN_MEMORY_CACHE_SIZE": "0"}
+    origin = LiveOrigin(data_dir=tmp_path / "node", env=env, workers=2).start()
+    try:
+        data = os.urandom(24 << 20)
+        digest = b3(data)
+        assert http(origin, "PUT", f"/blobs/{digest}", data, auth(origin))[0] == 201
+        with ThreadPoolExecutor(8) as pool:  # eight connections: both workers get some
+            got = list(pool.map(lambda _: http(origin, "GET", f"/blobs/{digest}"), range(8)))
+        assert got == [(200, data)] * 8
+        time.sleep(1.5)  # each worker publishes its counts once a second
+
+        text = http(origin, "GET", "/metrics")[1].decode()
+        reads = re.search(r"^origin_durable_reads_total (\S+)$", text, re.MULTILINE)
+        assert reads is not None, text
+        assert float(reads.group(1)) == 1
+    finally:
+        origin.stop()
 
 
 def test_readiness_says_when_the_store_cannot_take_writes(

@@ -18,6 +18,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from blobstore import BlobInfo, BlobNotFound, Digest, DiskBackend, Expectation
 from cache import DiskCache, MemoryTier, NoEvents, RedisTier, SingleFlight, TieredStore
 from cache.health import TierHealth
+from cache.node_fill import claim
 from cache.redis_tier import HEADER_SIZE
 from origin import Config, create_app
 from origin.appkeys import STORE, TIERS
@@ -540,6 +541,74 @@ async def test_gets_that_join_a_copy_under_way_follow_it(tmp_path: Path) -> None
         assert events.counts["joined"] == 2
     finally:
         await local.close()
+
+
+async def test_two_workers_of_a_node_read_a_cold_blob_from_below_once(tmp_path: Path) -> None:
+    """Two workers: two chains over one cache directory, as two processes have (their flocks
+    exclude each other as theirs do). The second, asked for a blob the first is copying,
+    follows that copy through the first's temp file: its first byte comes before the copy is
+    done, and only the first reads the durable store. Before, each copied it."""
+    durable = SlowDisk(tmp_path / "slow", chunk_size=1 << 20)
+    await durable.start()
+    events = [CountingEvents(), CountingEvents()]
+    caches = [DiskCache(tmp_path / "local", 1 << 30, maintain=False) for _ in events]
+    for cache in caches:
+        await cache.start()
+    one, two = (
+        TieredStore([], durable, local_cache=c, events=e)
+        for c, e in zip(caches, events, strict=True)
+    )
+    try:
+        data = os.urandom(32 << 20)
+        info = await store_in(durable, data)
+        leader = one.open(info.digest)
+        led = [await anext(leader) for _ in range(8)]
+        other = two.open(info.digest)
+        followed = [await anext(other)]
+        assert await caches[0].stat(info.digest) is None  # the copy is still under way
+        followed += [c async for c in other]
+        led += [c async for c in leader]
+        assert b"".join(followed) == data
+        assert b"".join(led) == data
+        await one.drain()
+        assert [e.counts["durable_read"] for e in events] == [1, 0]
+        assert events[1].counts["joined"] == 1
+        assert not list(caches[0].fills.iterdir())  # the claim went with the copy
+    finally:
+        for cache in caches:
+            await cache.close()
+
+
+async def test_a_worker_whose_copy_ends_without_a_blob_leaves_the_follower_to_the_store(
+    tmp_path: Path,
+) -> None:
+    """The worker that claimed a copy goes away before writing anything (its lock dropped, as
+    the kernel drops a dead process's): the worker following it reads the blob from below."""
+    durable = SlowDisk(tmp_path / "slow", chunk_size=1 << 20)
+    await durable.start()
+    events = CountingEvents()
+    cache = DiskCache(tmp_path / "local", 1 << 30, maintain=False)
+    await cache.start()
+    chain = TieredStore([], durable, local_cache=cache, events=events)
+    try:
+        data = os.urandom(4 << 20)
+        info = await store_in(durable, data)
+        held = claim(cache.fills, info.digest)  # another worker's, which never names a file
+        assert held is not None
+        reading = asyncio.ensure_future(read(chain, info.digest))
+        await asyncio.sleep(0.2)
+        assert not reading.done()  # it follows the other worker's copy
+        held.release()
+        assert await asyncio.wait_for(reading, 10) == data
+        assert events.counts["durable_read"] == 1
+        # No lock file can be made (its directory gone): the copy is this worker's own.
+        cache.fills.rmdir()
+        other = await store_in(durable, os.urandom(3 << 20))
+        assert len(await read(chain, other.digest)) == other.size
+        await chain.drain()
+        assert await cache.stat(other.digest) is not None
+    finally:
+        await cache.close()
 
 
 async def test_a_corrupt_copy_is_not_cached(tmp_path: Path) -> None:
