@@ -11,7 +11,10 @@ per-round ratios B/A. Results: docs/BENCHMARKS.md, "Tiers".
 
 With ``--join-after N`` it measures the GET that joins a fill instead: a first GET leads it,
 and once that one has read N bytes a second GET of the blob starts; what is printed is the
-second one's time to its first byte (and to its last).
+second one's time to its first byte (and to its last). With ``--clients C`` (and
+``--workers W``), C GETs of each cold blob run at once, spread by the kernel over the W
+workers: the rate is all their bytes over the time until the last ends, and the origin's
+``origin_durable_reads_total`` says how often the durable store was read for them.
 
     old=$(bench/origin_at.sh 2f38ad2 /tmp/ab-fill)
     flock /tmp/bench.lock .venv/bin/python bench/cold_fill_ab.py --b "$old" --rounds 8
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -44,6 +48,24 @@ def get_seconds(url: str) -> float:
     with urllib.request.urlopen(url, timeout=120) as resp:
         while resp.read(1 << 20):
             pass
+    return time.perf_counter() - started
+
+
+def durable_reads(origin_url: str) -> float:
+    with urllib.request.urlopen(f"{origin_url}/metrics", timeout=30) as resp:
+        text = resp.read().decode()
+    found = re.search(r"^origin_durable_reads_total (\S+)$", text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+def concurrent_gets(url: str, clients: int) -> float:
+    """Seconds until ``clients`` whole GETs of ``url``, started at once, have all ended."""
+    started = time.perf_counter()
+    threads = [threading.Thread(target=get_seconds, args=(url,)) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
     return time.perf_counter() - started
 
 
@@ -81,6 +103,8 @@ def main() -> int:
     parser.add_argument("--size", type=parse_size, default=256 * MiB)
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--join-after", type=parse_size, help="measure a GET joining the fill")
+    parser.add_argument("--clients", type=int, default=1, help="GETs of each blob at once")
+    parser.add_argument("--workers", type=int, default=1, help="origin serve --workers")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="cold-fill-") as tmp:
         root = Path(tmp)
@@ -90,7 +114,7 @@ def main() -> int:
             "ORIGIN_MEMORY_CACHE_SIZE": "0",
         }  # fmt: skip
         origins = {
-            name: Origin(exe, root / name, env, 1, root / f"{name}.log")
+            name: Origin(exe, root / name, env, args.workers, root / f"{name}.log")
             for name, exe in (("A", args.a), ("B", args.b))
         }
         rates: dict[str, list[float]] = {"A": [], "B": []}
@@ -106,7 +130,15 @@ def main() -> int:
                 del data
                 for name in ("A", "B") if i % 2 == 0 else ("B", "A"):
                     url = f"{origins[name].url}/blobs/{digest}"
-                    if args.join_after is None:
+                    if args.clients > 1:
+                        before = durable_reads(origins[name].url)
+                        seconds = concurrent_gets(url, args.clients)
+                        rates[name].append(args.clients * args.size / MiB / seconds)
+                        time.sleep(1.5)  # each worker publishes its counts once a second
+                        reads = durable_reads(origins[name].url) - before
+                        print(f"  {name}: {args.clients} GETs in {seconds:.2f} s, "
+                              f"{reads:.0f} durable read(s)", flush=True)  # fmt: skip
+                    elif args.join_after is None:
                         rates[name].append(args.size / MiB / get_seconds(url))
                     else:
                         first, whole = joined_get(url, args.join_after)
