@@ -76,6 +76,10 @@ def claim(fills: Path, digest: Digest) -> NodeFill | None:
     except BlockingIOError:
         os.close(fd)
         return None
+    except OSError as exc:  # ENOLCK
+        os.close(fd)
+        log.warning("cannot share the copy of %s with the other workers: %s", digest, exc)
+        return NodeFill(path, -1)
     os.ftruncate(fd, 0)  # a crashed worker's file: its temp name must not show through ours
     return NodeFill(path, fd)
 
@@ -93,7 +97,7 @@ async def follow_other(
     lock = temp = -1
     try:
         with contextlib.suppress(FileNotFoundError):  # gone: that copy is over already
-            lock = await asyncio.to_thread(os.open, fills / digest.hex, os.O_RDONLY)
+            lock = await open_for_reading(fills / digest.hex)
         while lock >= 0 and (end is None or pos < end) and _held(lock):
             if temp < 0:
                 name = await asyncio.to_thread(os.pread, lock, 4096, 0)
