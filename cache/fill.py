@@ -162,10 +162,19 @@ class LocalFill:
         finally:
             if fd >= 0:
                 os.close(fd)
-        if end is None or pos < end:
-            async with contextlib.aclosing(rest(pos)) as chunks:
-                async for chunk in chunks:
-                    yield chunk
+        async for chunk in then(rest, pos, end):
+            yield chunk
+
+
+async def then(
+    rest: Callable[[int], AsyncGenerator[bytes, None]], pos: int, end: int | None
+) -> AsyncGenerator[bytes, None]:
+    """What a follower reads once the copy it followed is over: ``rest(pos)``, if anything is
+    left of ``[pos, end)``."""
+    if end is None or pos < end:
+        async with contextlib.aclosing(rest(pos)) as chunks:
+            async for chunk in chunks:
+                yield chunk
 
 
 async def open_for_reading(path: Path) -> int:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from blobstore import Digest
 
-from .fill import open_for_reading
+from .fill import open_for_reading, then
 
 log = logging.getLogger(__name__)
 
@@ -120,10 +120,8 @@ async def follow_other(
         for fd in (lock, temp):
             if fd >= 0:
                 os.close(fd)
-    if end is None or pos < end:
-        async with contextlib.aclosing(rest(pos)) as chunks:
-            async for chunk in chunks:
-                yield chunk
+    async for chunk in then(rest, pos, end):
+        yield chunk
 
 
 def _held(lock: int) -> bool:

@@ -16,7 +16,15 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from blobstore import BlobInfo, BlobNotFound, Digest, DiskBackend, Expectation
-from cache import DiskCache, MemoryTier, NoEvents, RedisTier, SingleFlight, TieredStore
+from cache import (
+    CacheEvents,
+    DiskCache,
+    MemoryTier,
+    NoEvents,
+    RedisTier,
+    SingleFlight,
+    TieredStore,
+)
 from cache.health import TierHealth
 from cache.node_fill import claim
 from cache.redis_tier import HEADER_SIZE
@@ -472,12 +480,14 @@ class SlowDisk(DiskBackend):
             yield chunk
 
 
-async def slow_chain(tmp_path: Path) -> tuple[TieredStore, DiskCache, SlowDisk]:
+async def slow_chain(
+    tmp_path: Path, events: CacheEvents | None = None
+) -> tuple[TieredStore, DiskCache, SlowDisk]:
     durable = SlowDisk(tmp_path / "slow", chunk_size=1 << 20)
     await durable.start()
     local = DiskCache(tmp_path / "local", 1 << 30, maintain=False)
     await local.start()
-    return TieredStore([], durable, local_cache=local), local, durable
+    return TieredStore([], durable, local_cache=local, events=events), local, durable
 
 
 async def test_first_byte_does_not_wait_for_the_local_copy(tmp_path: Path) -> None:
@@ -514,11 +524,7 @@ async def test_gets_that_join_a_copy_under_way_follow_it(tmp_path: Path) -> None
     falls behind and is let go. Before, each waited for the whole copy. The durable store is
     read once."""
     events = CountingEvents()
-    durable = SlowDisk(tmp_path / "slow", chunk_size=1 << 20)
-    await durable.start()
-    local = DiskCache(tmp_path / "local", 1 << 30, maintain=False)
-    await local.start()
-    chain = TieredStore([], durable, local_cache=local, events=events)
+    chain, local, durable = await slow_chain(tmp_path, events)
     try:
         data = os.urandom(32 << 20)
         info = await store_in(durable, data)
@@ -584,12 +590,8 @@ async def test_a_worker_whose_copy_ends_without_a_blob_leaves_the_follower_to_th
 ) -> None:
     """The worker that claimed a copy goes away before writing anything (its lock dropped, as
     the kernel drops a dead process's): the worker following it reads the blob from below."""
-    durable = SlowDisk(tmp_path / "slow", chunk_size=1 << 20)
-    await durable.start()
     events = CountingEvents()
-    cache = DiskCache(tmp_path / "local", 1 << 30, maintain=False)
-    await cache.start()
-    chain = TieredStore([], durable, local_cache=cache, events=events)
+    chain, cache, durable = await slow_chain(tmp_path, events)
     try:
         data = os.urandom(4 << 20)
         info = await store_in(durable, data)
