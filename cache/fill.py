@@ -162,8 +162,9 @@ class LocalFill:
         finally:
             if fd >= 0:
                 os.close(fd)
-        async for chunk in then(rest, pos, end):
-            yield chunk
+        async with contextlib.aclosing(then(rest, pos, end)) as chunks:
+            async for chunk in chunks:
+                yield chunk
 
 
 async def then(

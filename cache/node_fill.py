@@ -120,8 +120,9 @@ async def follow_other(
         for fd in (lock, temp):
             if fd >= 0:
                 os.close(fd)
-    async for chunk in then(rest, pos, end):
-        yield chunk
+    async with contextlib.aclosing(then(rest, pos, end)) as chunks:
+        async for chunk in chunks:
+            yield chunk
 
 
 def _held(lock: int) -> bool:
