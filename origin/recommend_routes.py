@@ -290,14 +290,17 @@ async def similar(request: web.Request) -> web.Response:
 
 async def admin_status(request: web.Request) -> web.Response:
     await require(request, "admin")
-    body = await request.app[RECOMMENDER].stats()
     trainer = request.app[TRAINER]
     # Running anywhere, as the lease says (POST's 409 asks it too); last_error is this worker's.
+    # Read before the model's stats: a run that ends in between then shows as still running,
+    # never as over with its model missing (which is what a client polling for the end saw).
+    running, last_error = trainer.running, trainer.last_error
     holder = await trainer.lease_holder()
+    body = await request.app[RECOMMENDER].stats()
     body["training"] = {
-        "running": trainer.running or holder is not None,
+        "running": running or holder is not None,
         "holder": holder,
-        "last_error": trainer.last_error,
+        "last_error": last_error,
     }
     return web.json_response(body, headers={"Cache-Control": "no-store"})
 

@@ -274,7 +274,7 @@ async def test_train_requests_at_once_on_one_worker_start_one_run(api: Client) -
         await asyncio.sleep(0.1)
     # The status, with the run's last_error, is what a failure here must show (one on a slow
     # host said only "None is not None").
-    assert status["model_version"] is not None, status
+    assert status["model_version"] is not None, status["training"]
     engine = api.app[CATALOG].engine
     async with engine.connect() as conn:
         published = (await conn.execute(select(models.c.id))).all()
