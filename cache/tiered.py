@@ -274,14 +274,11 @@ class TieredStore:
         self, fill: LocalFill, local: DiskCache, info: BlobInfo, start: int, end: int | None
     ) -> AsyncGenerator[bytes, None]:
         """Bytes ``[start, end)`` once ``fill`` is over: from the cached copy, or from the
-        durable store when the copy failed."""
-        if await asyncio.shield(fill.done):
-            async for chunk in local.open(info.digest, start, end):
+        durable store when the copy failed (or its file was evicted since)."""
+        await asyncio.shield(fill.done)
+        async with contextlib.aclosing(self._cached_or_below(local, info, start, end)) as chunks:
+            async for chunk in chunks:
                 yield chunk
-            return
-        self._events.durable_read()
-        async for chunk in self.durable.open(info.digest, start, end):
-            yield chunk
 
     def _start_fill(self, local: DiskCache, info: BlobInfo, node_claim: NodeFill) -> LocalFill:
         """One streaming, verified copy from the durable store into the local cache; the
@@ -310,8 +307,8 @@ class TieredStore:
     async def _cached_or_below(
         self, local: DiskCache, info: BlobInfo, start: int, end: int | None
     ) -> AsyncGenerator[bytes, None]:
-        """Bytes ``[start, end)`` after another worker's copy: the cached file, or the durable
-        store when that copy did not land."""
+        """Bytes ``[start, end)`` after a copy: the cached file, or the durable store when
+        that copy did not land or its file is gone (another worker's eviction)."""
         chunks = local.open(info.digest, start, end)
         try:
             first = await anext(chunks, b"")

@@ -549,6 +549,33 @@ async def test_gets_that_join_a_copy_under_way_follow_it(tmp_path: Path) -> None
         await local.close()
 
 
+async def test_a_follower_whose_cached_copy_is_evicted_before_it_reads_it_goes_below(
+    tmp_path: Path,
+) -> None:
+    """A GET that followed a copy under way continues from the cached file once the copy is
+    done; if another worker's sweep removed that file in between, it reads the rest from below
+    (it used to end the response with BlobNotFound part-way)."""
+    events = CountingEvents()
+    chain, local, durable = await slow_chain(tmp_path, events)
+    try:
+        data = os.urandom(8 << 20)
+        info = await store_in(durable, data)
+        leader = chain.open(info.digest)
+        await anext(leader)
+        await leader.aclose()  # the copy goes on without it
+        follower = chain.open(info.digest)
+        followed = [await anext(follower)]
+        await chain.drain()  # the copy is done while the follower waits to be read
+        path = local.local_path(info.digest)
+        assert path is not None
+        path.unlink()  # as another worker's sweep does
+        followed += [c async for c in follower]
+        assert b"".join(followed) == data
+        assert events.counts["durable_read"] == 2
+    finally:
+        await local.close()
+
+
 async def test_two_workers_of_a_node_read_a_cold_blob_from_below_once(tmp_path: Path) -> None:
     """Two workers: two chains over one cache directory, as two processes have (their flocks
     exclude each other as theirs do). The second, asked for a blob the first is copying,
