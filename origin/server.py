@@ -176,8 +176,9 @@ def serve(config: Config, banner: list[str]) -> int:
 
     Exit status: 0 after a clean stop. 1 when the start failed (a worker's own start, with
     ``origin: cannot start: ...`` on stderr for one worker; the traceback at log_level debug),
-    or when a worker did not stop within ``shutdown_timeout`` and was killed: requests under
-    way were cut off, and an orchestrator or operator should see that the stop was not clean.
+    or when a worker did not stop within ``shutdown_timeout`` and was killed, or failed as it
+    stopped: requests under way were cut off, and an orchestrator or operator should see that
+    the stop was not clean.
     """
     announced = False
 
@@ -235,16 +236,17 @@ def _supervise(config: Config, port: int, announce: Callable[[int], None]) -> in
 
     workers = [spawn() for _ in range(config.workers)]
     if not _wait_ready(workers, ready, lambda: stopping):
-        _stop(workers, config.shutdown_timeout)
+        _stop(workers, config.shutdown_timeout, set())
         return 1
     announce(port)
 
     started = [time.monotonic()] * len(workers)
     backoffs = [TierHealth(f"worker slot {i}") for i in range(len(workers))]
     dead: set[int] = set()  # slots whose worker exited, waiting out their back-off
+    serving = {proc.pid for proc in workers if proc.pid is not None}  # have said they listen
     # Short sleeps whatever the back-offs: SIGTERM is seen within _POLL.
     while not stopping:
-        _drain(ready)
+        serving |= _drain(ready)
         for i, proc in enumerate(workers):
             if stopping:
                 break
@@ -264,15 +266,19 @@ def _supervise(config: Config, port: int, announce: Callable[[int], None]) -> in
                 workers[i] = spawn()
                 started[i] = time.monotonic()
         time.sleep(_POLL)
-    return 0 if _stop(workers, config.shutdown_timeout) else 1
+    serving |= _drain(ready)
+    return 0 if _stop(workers, config.shutdown_timeout, serving) else 1
 
 
-def _drain(ready: multiprocessing.queues.Queue[int]) -> None:
-    """Read what replacements report: unread, the queue's pipe would fill over many restarts,
-    and a worker that put into a full pipe blocks at its exit."""
+def _drain(ready: multiprocessing.queues.Queue[int]) -> set[int]:
+    """The replacements that report they listen. Read as they come: unread, the queue's pipe
+    would fill over many restarts, and a worker that put into a full pipe blocks at its exit."""
+    pids: set[int] = set()
     with contextlib.suppress(queue.Empty):
         while True:
-            log.info("worker %s ready", ready.get_nowait())
+            pids.add(pid := ready.get_nowait())
+            log.info("worker %s ready", pid)
+    return pids
 
 
 def _wait_ready(
@@ -313,20 +319,27 @@ def _wait_ready(
     return True
 
 
-def _stop(workers: list[multiprocessing.process.BaseProcess], timeout: float) -> bool:
+def _stop(
+    workers: list[multiprocessing.process.BaseProcess], timeout: float, serving: set[int]
+) -> bool:
     """SIGTERM, then SIGKILL for what still runs after ``timeout`` (and 5 s): True when none
-    had to be killed."""
-    for proc in workers:
-        if proc.is_alive():
-            proc.terminate()  # SIGTERM: the worker finishes in-flight requests, then exits
+    had to be killed and none of those ``serving`` failed as it stopped. A worker still
+    starting is not judged by its exit: SIGTERM ends it before it handles the signal, and a
+    start that fails says so itself."""
+    running = [proc for proc in workers if proc.is_alive()]
+    for proc in running:
+        proc.terminate()  # SIGTERM: the worker finishes in-flight requests, then exits
     # One deadline for all: they stop at the same time, so N hung workers cost one timeout,
     # not N of them.
     deadline = time.monotonic() + timeout + 5
-    for proc in workers:
+    for proc in running:
         proc.join(max(0.0, deadline - time.monotonic()))
-    hung = [proc for proc in workers if proc.is_alive()]
+    hung = [proc for proc in running if proc.is_alive()]
     for proc in hung:
         log.error("worker %s did not stop in %.0f s; killing it", proc.pid, timeout)
         proc.kill()
         proc.join(5)
-    return not hung
+    failed = [p for p in running if p not in hung and p.pid in serving and p.exitcode != 0]
+    for proc in failed:
+        log.error("worker %s exited with status %s as it stopped", proc.pid, proc.exitcode)
+    return not hung and not failed

@@ -337,6 +337,24 @@ def test_hung_workers_share_one_shutdown_deadline(tmp_path: Path) -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
+def test_a_worker_that_dies_as_the_server_stops_makes_the_stop_unclean(tmp_path: Path) -> None:
+    origin = LiveOrigin(tmp_path / "d", workers=2).start()
+    pids = origin.server_pids()
+    try:
+        assert len(pids) == 2
+        os.kill(pids[0], signal.SIGSTOP)  # its SIGTERM stays pending: it is still stopping
+        assert origin.proc is not None
+        origin.proc.send_signal(signal.SIGTERM)
+        time.sleep(1)
+        os.kill(pids[0], signal.SIGKILL)  # it dies before it has stopped
+        # Exit status 1, as for a worker that had to be killed (before, 0: it was not hung).
+        assert origin.proc.wait(30) == 1
+    finally:
+        origin.kill()
+    said = "".join(origin.output)
+    assert re.search(rf"worker {pids[0]} exited with status -9 as it stopped", said)
+
+
 # -- memory -----------------------------------------------------------------------------------
 
 
