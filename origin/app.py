@@ -214,7 +214,7 @@ async def _start_durable(durable: DurableStore) -> None:
 
 async def start_store(tiered: TieredStore) -> None:
     durable = tiered.durable
-    if isinstance(durable, DiskBackend | SftpBackend):
+    if isinstance(durable, DurableStore):
         await _start_durable(durable)
     if tiered.local_cache is not None:
         await tiered.local_cache.start()
