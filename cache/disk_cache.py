@@ -48,6 +48,7 @@ from blobstore import (
     StorageFull,
 )
 
+from . import node_fill
 from .events import CacheEvents, NoEvents
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,7 @@ class DiskCache:
     async def start(self) -> None:
         await self.store.start()
         await asyncio.to_thread(self.fills.mkdir, exist_ok=True)
+        await asyncio.to_thread(node_fill.sweep, self.fills)
 
         def connect() -> None:
             self._db = sqlite3.connect(self.root / "lru.sqlite", check_same_thread=False)

@@ -12,7 +12,9 @@ again every ``_POLL`` seconds, until the lock is free (the copy is over, or its 
 the kernel drops the lock with the process). Then ``rest(position)`` goes on: the cached file,
 or the durable store when the copy did not land.
 
-The lock file is removed when the copy ends. A worker that opened it just before may then take
+The lock file is removed when the copy ends; those of workers that died mid-copy are removed
+at the next start of a worker (``sweep``: the ones nobody holds). A worker that opened it just
+before may then take
 the lock of a file nobody else will see, and copy the blob a second time: wasted work, never
 wrong bytes (the commit keeps the first copy). A lock file that cannot be made (inodes used up,
 the directory removed) costs the sharing, not the request: the worker copies on its own.
@@ -60,6 +62,32 @@ class NodeFill:
             self._path.unlink()
         os.close(self._fd)  # and with it the lock
         self._fd = -1
+
+
+def sweep(fills: Path) -> int:
+    """Remove the lock files no worker holds: left by workers that died while copying (a
+    live worker's copy keeps its lock). Blocking: call it off the loop. Returns how many."""
+    removed = 0
+    for entry in os.scandir(fills):
+        try:
+            fd = os.open(entry.path, os.O_RDONLY)
+        except FileNotFoundError:  # its copy ended meanwhile
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # BlockingIOError: a copy under way
+            continue
+        else:
+            # Under the lock, as release() unlinks: a worker that opened the file just before
+            # and takes the lock after us copies the blob a second time, nothing worse.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+                removed += 1
+        finally:
+            os.close(fd)
+    if removed:
+        log.warning("swept %d stale cache fill lock(s) from %s", removed, fills)
+    return removed
 
 
 def claim(fills: Path, digest: Digest) -> NodeFill | None:

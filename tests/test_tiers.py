@@ -640,6 +640,25 @@ async def test_a_worker_whose_copy_ends_without_a_blob_leaves_the_follower_to_th
         await cache.close()
 
 
+async def test_a_starting_worker_sweeps_the_fill_locks_of_dead_ones_only(tmp_path: Path) -> None:
+    """A worker that dies mid-copy leaves its lock file (the kernel drops only the lock): the
+    next worker to start removes it, and leaves alone the lock of a copy still under way."""
+    cache = DiskCache(tmp_path / "local", 1 << 30, maintain=False)
+    await cache.start()
+    dead, alive = (Digest(blake3.blake3(name).hexdigest()) for name in (b"dead", b"alive"))
+    try:
+        held = claim(cache.fills, alive)
+        assert held is not None
+        (cache.fills / dead.hex).write_bytes(b"/gone/temp")  # its lock went with its process
+        restarted = DiskCache(tmp_path / "local", 1 << 30, maintain=False)
+        await restarted.start()
+        await restarted.close()
+        assert sorted(p.name for p in cache.fills.iterdir()) == [alive.hex]
+        held.release()
+    finally:
+        await cache.close()
+
+
 async def test_a_corrupt_copy_is_not_cached(tmp_path: Path) -> None:
     chain, local, durable = await slow_chain(tmp_path)
     try:
