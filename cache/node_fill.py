@@ -14,10 +14,10 @@ or the durable store when the copy did not land.
 
 The lock file is removed when the copy ends; those of workers that died mid-copy are removed
 at the next start of a worker (``sweep``: the ones nobody holds). A worker that opened it just
-before may then take
-the lock of a file nobody else will see, and copy the blob a second time: wasted work, never
-wrong bytes (the commit keeps the first copy). A lock file that cannot be made (inodes used up,
-the directory removed) costs the sharing, not the request: the worker copies on its own.
+before either removal may then take the lock of a file nobody else will see, and copy the blob
+a second time: wasted work, never wrong bytes (the commit keeps the first copy). A lock file
+that cannot be made (inodes used up, the directory removed) costs the sharing, not the
+request: the worker copies on its own.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def sweep(fills: Path) -> int:
             continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # BlockingIOError: a copy under way
+        except OSError:  # held (a copy under way), or no locks on this file system
             continue
         else:
             # Under the lock, as release() unlinks: a worker that opened the file just before
