@@ -52,14 +52,16 @@ class SshdServer:
 
     @property
     def url(self) -> str:
-        return f"sftp://{self.user}@127.0.0.1:{self.port}{self.root}"
+        return self.url_at(self.root)
 
-    def origin_env(self, root: Path | None = None) -> dict[str, str]:
-        """An origin's environment for this server as its durable store (at ``root``, by
-        default the server's own)."""
-        url = self.url if root is None else f"sftp://{self.user}@127.0.0.1:{self.port}{root}"
+    def url_at(self, root: Path) -> str:
+        """The ``sftp://`` URL of a store at ``root`` on this server."""
+        return f"sftp://{self.user}@127.0.0.1:{self.port}{root}"
+
+    def origin_env(self) -> dict[str, str]:
+        """An origin's environment for this server (at its root) as the durable store."""
         return {
-            "ORIGIN_SFTP_URL": url,
+            "ORIGIN_SFTP_URL": self.url,
             "ORIGIN_SFTP_KEY": str(self.client_key),
             "ORIGIN_SFTP_KNOWN_HOSTS": str(self.known_hosts),
         }

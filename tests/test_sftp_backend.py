@@ -85,7 +85,7 @@ def root(running: SshdServer) -> Path:
 
 def make_backend(sshd: SshdServer, root: Path, **options: Any) -> SftpBackend:
     return SftpBackend.from_url(
-        f"sftp://{sshd.user}@127.0.0.1:{sshd.port}{root}",
+        sshd.url_at(root),
         client_keys=[sshd.client_key],
         known_hosts=sshd.known_hosts,
         chunk_size=CHUNK,
@@ -437,7 +437,7 @@ async def test_wrong_host_key_is_refused(running: SshdServer, root: Path, tmp_pa
     impostor = keygen(tmp_path / "other_host", "impostor")
     known_hosts = running.write_known_hosts(tmp_path / "known_hosts", impostor)
     backend = SftpBackend.from_url(
-        f"sftp://{running.user}@127.0.0.1:{running.port}{root}",
+        running.url_at(root),
         client_keys=[running.client_key],
         known_hosts=known_hosts,
     )
@@ -453,7 +453,7 @@ async def test_unauthorised_client_key_is_refused(
 ) -> None:
     keygen(tmp_path / "stranger", "stranger")
     backend = SftpBackend.from_url(
-        f"sftp://{running.user}@127.0.0.1:{running.port}{root}",
+        running.url_at(root),
         client_keys=[tmp_path / "stranger"],
         known_hosts=running.known_hosts,
     )
