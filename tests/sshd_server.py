@@ -58,10 +58,11 @@ class SshdServer:
         """The ``sftp://`` URL of a store at ``root`` on this server."""
         return f"sftp://{self.user}@127.0.0.1:{self.port}{root}"
 
-    def origin_env(self) -> dict[str, str]:
-        """An origin's environment for this server (at its root) as the durable store."""
+    def origin_env(self, root: Path | None = None) -> dict[str, str]:
+        """An origin's environment for this server as its durable store (at ``root``, by
+        default the server's own; the benchmarks give each run its own)."""
         return {
-            "ORIGIN_SFTP_URL": self.url,
+            "ORIGIN_SFTP_URL": self.url_at(root or self.root),
             "ORIGIN_SFTP_KEY": str(self.client_key),
             "ORIGIN_SFTP_KNOWN_HOSTS": str(self.known_hosts),
         }
