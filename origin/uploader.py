@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
 import functools
 import json
 import mimetypes
@@ -28,6 +29,7 @@ import urllib.parse
 from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from stat import S_ISREG
 from typing import Any, BinaryIO
@@ -36,7 +38,7 @@ import aiohttp
 import blake3
 import pathspec
 from aiohttp.abc import AbstractStreamWriter
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 from tenacity import wait_exponential_jitter as jitter
 
 from .sendfile import send_file, unbuffered
@@ -54,6 +56,10 @@ RACY_NS = 2_000_000_000
 # While hashing goes on, the hash cache is written at most this often, so that a run killed
 # before the last file is hashed keeps what it hashed.
 CACHE_SAVE_EVERY = 30.0
+# Back-off between attempts at a request: 0.5 s doubling up to 10 s, with up to 1 s of jitter;
+# never sooner than the origin's Retry-After (up to this, so a wrong one cannot stall a run).
+BACKOFF = jitter(multiplier=0.5, max=10)
+MAX_RETRY_AFTER = 60.0
 # glTF media types, which the mimetypes module does not know everywhere.
 MEDIA_TYPES = {".glb": "model/gltf-binary", ".gltf": "model/gltf+json", ".tscn": "text/plain"}
 
@@ -63,7 +69,12 @@ class UsageError(ValueError):
 
 
 class Transient(Exception):
-    """A failure worth retrying: the connection, a 5xx other than 507, a 429."""
+    """A failure worth retrying: the connection, a 5xx other than 507, a 429. ``retry_after``:
+    the seconds the origin asked the client to wait (its Retry-After), when it said."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class OriginUnusable(Exception):
@@ -422,7 +433,7 @@ class Client:
     async def _retrying(self, attempt: Any) -> Any:
         async for trial in AsyncRetrying(
             stop=stop_after_attempt(self._options.retries),
-            wait=jitter(multiplier=0.5, max=10),
+            wait=wait_before_retry,
             retry=retry_if_exception_type(Transient),
             reraise=True,
         ):
@@ -543,9 +554,38 @@ class FileBody(aiohttp.Payload):
             self._sent(piece)
 
 
+def wait_before_retry(state: RetryCallState) -> float:
+    """The back-off, or the origin's Retry-After when that is longer: a 503 of a store that is
+    away says 5 s, where the back-off's first waits are 0.5 and 1 s (spent before the store is
+    back, the run would give up sooner than the origin expected it to)."""
+    wait = float(BACKOFF(state))
+    failure = state.outcome.exception() if state.outcome is not None else None
+    if isinstance(failure, Transient) and failure.retry_after is not None:
+        return max(wait, min(failure.retry_after, MAX_RETRY_AFTER))
+    return wait
+
+
+def retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """A Retry-After header's seconds (RFC 9110, 10.2.3: delay-seconds or an HTTP-date), or
+    None when there is none or it is neither."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # "-0000": a date in UTC, as HTTP-dates are
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
 async def _answer(resp: aiohttp.ClientResponse) -> Any:
     if resp.status in (429,) or (resp.status >= 500 and resp.status != 507):
-        raise Transient(f"{resp.status} {resp.reason}")
+        wait = retry_after(resp.headers.get("Retry-After"))
+        raise Transient(f"{resp.status} {resp.reason}", wait)
     text = await resp.text()
     if resp.status >= 400:
         try:

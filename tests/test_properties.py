@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import email.utils
 import hashlib
 import itertools
 import re
 import string
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import blake3
@@ -23,6 +25,7 @@ from origin.problems import Problem
 from origin.ranges import RangeNotSatisfiable, parse_range
 from origin.recommend_routes import _limit_and_kind
 from origin.recommendations import MAX_LIMIT
+from origin.uploader import retry_after
 
 from .conftest import AUTH, Client
 
@@ -225,6 +228,34 @@ def test_cached_query_parsing_reads_what_request_query_reads(
         assert caught.value.status == 400
     else:
         assert _limit_and_kind(request) == (limit, query.get("kind") or None)
+
+
+# -- Retry-After, as the uploader reads it ----------------------------------------------------
+
+
+@given(st.integers(0, 10**12))
+def test_retry_after_in_seconds_is_those_seconds(seconds: int) -> None:
+    assert retry_after(str(seconds)) == seconds
+    assert retry_after(f" {seconds} ") == seconds
+
+
+@given(
+    st.datetimes(datetime(1990, 1, 1), datetime(2200, 1, 1)).map(
+        lambda d: d.replace(microsecond=0, tzinfo=UTC)
+    ),
+    st.datetimes(datetime(1990, 1, 1), datetime(2200, 1, 1)).map(lambda d: d.replace(tzinfo=UTC)),
+)
+def test_retry_after_as_a_date_is_the_time_until_then(when: datetime, now: datetime) -> None:
+    until = retry_after(email.utils.format_datetime(when, usegmt=True), now)
+    assert until == max(0.0, (when - now).total_seconds())
+
+
+@given(st.text(max_size=40))
+def test_retry_after_is_a_wait_or_nothing_whatever_the_header(value: str) -> None:
+    until = retry_after(value)
+    assert until is None or until >= 0
+    if until is not None and not value.strip().isdigit():
+        assert email.utils.parsedate_to_datetime(value) is not None
 
 
 # -- through HTTP -----------------------------------------------------------------------------

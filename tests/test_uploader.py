@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import AsyncGenerator
@@ -18,11 +19,13 @@ from pathlib import Path
 import aiohttp
 import blake3
 import pytest
+from tenacity import RetryCallState, Retrying
 
 from origin import uploader
 from origin.uploader import Item, Options, Progress, hashed, upload_hashed
 
 from .conftest import LiveOrigin
+from .sshd_server import SshdServer
 
 
 def b3(data: bytes) -> str:
@@ -405,6 +408,52 @@ def test_a_wrong_token_fails_every_file(live_origin: LiveOrigin, tmp_path: Path)
     )  # fmt: skip
     assert result.returncode == 1
     assert "401" in result.stderr
+
+
+def failed_attempt(attempt: int, failure: Exception) -> RetryCallState:
+    state = RetryCallState(Retrying(), None, (), {})
+    state.attempt_number = attempt
+    try:
+        raise failure
+    except Exception:
+        state.set_exception(sys.exc_info())  # type: ignore[arg-type]
+    return state
+
+
+def test_a_retry_waits_at_least_what_the_origin_asked() -> None:
+    """Before, the back-off alone: 0.5-1.5 s after a 503 that said Retry-After: 5."""
+    asked = uploader.Transient("503 Service Unavailable", retry_after=5)
+    assert uploader.wait_before_retry(failed_attempt(1, asked)) >= 5
+    assert 0.5 <= uploader.wait_before_retry(failed_attempt(1, uploader.Transient("503"))) <= 1.5
+    # Past the back-off's own wait, the back-off; an absurd Retry-After is capped.
+    assert uploader.wait_before_retry(failed_attempt(6, asked)) >= 10
+    huge = uploader.Transient("429", retry_after=86_400)
+    assert uploader.wait_before_retry(failed_attempt(1, huge)) == uploader.MAX_RETRY_AFTER
+
+
+def test_an_upload_rides_out_an_sftp_outage_through_its_retries(
+    tmp_path: Path, sshd: SshdServer
+) -> None:
+    """The SFTP store is away when the upload starts and back 3 s later: the origin answers
+    503 with Retry-After meanwhile, and the run waits, retries and ends with every file on
+    the store and exit 0, with no re-run."""
+    origin = LiveOrigin(tmp_path / "node", env=sshd.origin_env()).start()
+    try:
+        files = {f"props/p{i}.glb": os.urandom(20_000 + i) for i in range(12)}
+        files["worlds/big.glb"] = os.urandom(3 << 20)
+        make_tree(tmp_path / "tree", files)
+        sshd.stop()
+        back = threading.Timer(3.0, sshd.start)
+        back.start()
+        try:
+            result = run_upload(origin, tmp_path, str(tmp_path / "tree"))
+        finally:
+            back.join()
+        assert result.returncode == 0, result.stdout + result.stderr
+        on_sftp = {p.name for p in (sshd.root / "blobs").rglob("*") if p.is_file()}
+        assert on_sftp == {b3(data) for data in files.values()}
+    finally:
+        origin.stop()
 
 
 def test_an_origin_that_cannot_be_reached_is_one_clear_line(tmp_path: Path) -> None:
