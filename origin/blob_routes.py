@@ -18,6 +18,7 @@ from aiohttp import web
 from blobstore import (
     DEFAULT_CONTENT_TYPE,
     NEVER_STORED,
+    BackendUnavailable,
     BlobBackend,
     BlobInfo,
     BlobNotFound,
@@ -276,7 +277,10 @@ async def missing(request: web.Request) -> web.Response:
     # would also be read whole into the memory tier: a bulk uploader's re-run, asking about
     # thousands of blobs, downloaded every small one of them from SFTP.
     store = request.app[TIERS].durable
-    found = await asyncio.gather(*(store.exists(d) for d in digests))
+    try:
+        found = await asyncio.gather(*(store.exists(d) for d in digests))
+    except BackendUnavailable as exc:  # a query: its 503 must not say nothing was stored
+        raise problems.store_unavailable(exc, writing=False) from None
     return web.json_response(
         {"missing": [str(d) for d, there in zip(digests, found, strict=True) if not there]}
     )

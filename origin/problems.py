@@ -110,6 +110,15 @@ def from_http_exception(exc: web.HTTPException) -> Problem:
     )
 
 
+def store_unavailable(exc: BackendUnavailable, *, writing: bool) -> Problem:
+    """The 503 for a store that cannot serve now; ``writing`` says the request would have
+    stored something (a query sent as a POST, ``/blobs/missing``, would not)."""
+    return Problem(
+        503, "store-unavailable", "Storage unavailable",
+        f"nothing was stored: {exc}" if writing else str(exc), headers={"Retry-After": "5"},
+    )  # fmt: skip
+
+
 def for_exception(exc: Exception, request: web.BaseRequest) -> Problem:
     """What a request is answered when its handling raised ``exc``: our own problems as they
     are, a store or catalog that cannot serve now as 503, anything else as a logged 500."""
@@ -120,11 +129,7 @@ def for_exception(exc: Exception, request: web.BaseRequest) -> Problem:
     if isinstance(exc, CatalogBusy):
         return Problem(503, "busy", "Try again", str(exc), headers={"Retry-After": "1"})
     if isinstance(exc, BackendUnavailable):
-        writing = request.method not in ("GET", "HEAD")
-        return Problem(
-            503, "store-unavailable", "Storage unavailable",
-            f"nothing was stored: {exc}" if writing else str(exc), headers={"Retry-After": "5"},
-        )  # fmt: skip
+        return store_unavailable(exc, writing=request.method not in ("GET", "HEAD"))
     if is_full(exc):
         # A blob already in the store is recorded by the next upload of it (blob_routes).
         return Problem(507, "storage-full", "Insufficient storage", "the catalog's disk is full")

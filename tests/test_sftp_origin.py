@@ -94,6 +94,13 @@ def test_sshd_down_serves_cached_blobs_and_refuses_puts_then_recovers(
         head = read_head(sock)
         assert head.startswith(b"HTTP/1.1 503"), head
         assert b"application/problem+json" in head
+    # A query is not a write: its 503 does not say that nothing was stored.
+    query = json.dumps({"digests": [b3(new)]}).encode()
+    status, body = http(sftp_origin, "POST", "/blobs/missing", query,
+                        {"Content-Type": "application/json"})  # fmt: skip
+    assert status == 503, body
+    assert json.loads(body)["type"] == "/problems/store-unavailable"
+    assert "nothing was stored" not in json.loads(body)["detail"]
     stop.set()
     reader.join()
     assert failures == []
