@@ -425,7 +425,8 @@ def test_a_retry_waits_at_least_what_the_origin_asked() -> None:
     asked = uploader.Transient("503 Service Unavailable", retry_after=5)
     assert uploader.wait_before_retry(failed_attempt(1, asked)) >= 5
     assert 0.5 <= uploader.wait_before_retry(failed_attempt(1, uploader.Transient("503"))) <= 1.5
-    # Past the back-off's own wait, the back-off; an absurd Retry-After is capped.
+    # Once the back-off is the longer (10 s by the sixth attempt), the back-off; an absurd
+    # Retry-After is capped.
     assert uploader.wait_before_retry(failed_attempt(6, asked)) >= 10
     huge = uploader.Transient("429", retry_after=86_400)
     assert uploader.wait_before_retry(failed_attempt(1, huge)) == uploader.MAX_RETRY_AFTER
