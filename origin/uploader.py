@@ -343,12 +343,16 @@ class Progress:
     total_files: int = 0
     total_bytes: int = 0
     done_files: int = 0
+    failed_files: int = 0
     done_bytes: int = 0
     started: float = field(default_factory=time.monotonic)
-    _last_line: float = 0.0
+    _last_line: float = 0.0  # the start, until the first line
     _ended: bool = False
     _display: Any = None
     _task: Any = None
+
+    def __post_init__(self) -> None:
+        self._last_line = self.started
 
     def __enter__(self) -> Progress:
         if self.live:
@@ -388,17 +392,30 @@ class Progress:
         self.done_files += finished_file
         if self._display is not None:
             self._display.update(self._task, advance=nbytes, files=self._files())
-        elif time.monotonic() - self._last_line >= 5 or (
-            not self._ended and self._all_checked and self.done_bytes == self.total_bytes
-        ):
-            # The end is a line of its own, once: not one per file that finishes after it.
-            self._ended = self._all_checked and self.done_bytes == self.total_bytes
+        else:
+            self._plain_line()
+
+    def fail_file(self) -> None:
+        """A file to send that will not be: it no longer holds up the end."""
+        self.failed_files += 1
+        if self._display is None:
+            self._plain_line()
+
+    def _plain_line(self) -> None:
+        """A line every five seconds, and one when the last file has finished or failed (not
+        when its bytes have been read: its PUT was still under way)."""
+        if time.monotonic() - self._last_line >= 5 or (not self._ended and self._settled):
+            self._ended = self._settled
             self._last_line = time.monotonic()
             print(self.line(), flush=True)
 
     @property
     def _all_checked(self) -> bool:
         return self.checked == self.to_check
+
+    @property
+    def _settled(self) -> bool:
+        return self._all_checked and self.done_files + self.failed_files == self.total_files
 
     def _files(self) -> str:
         return f"{self.done_files}/{self.total_files} files"
@@ -716,6 +733,7 @@ class _Run:
                 self._progress.advance(0, finished_file=True)
             except Exception as exc:  # reported per file; the rest go on
                 item.error = f"upload failed: {exc}"
+                self._progress.fail_file()
 
 
 async def upload(items: list[Item], options: Options) -> Summary:

@@ -610,10 +610,23 @@ def test_the_manifest_keeps_files_of_the_same_name_in_two_trees(
 
 
 def test_plain_progress_ends_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """A quick run prints one line, once its last file has finished: before, it came when the
+    last bytes had been read, and said "0/2 files" of a run that uploaded both."""
     progress = Progress(to_check=2, live=False)
     progress.found(files=2, nbytes=10)
     progress.check(2)
     progress.advance(10)
     progress.advance(0, finished_file=True)
+    assert capsys.readouterr().out == ""  # one PUT still under way
     progress.advance(0, finished_file=True)
-    assert len(capsys.readouterr().out.splitlines()) == 1
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.startswith("2/2 files, 0.0/0.0 MiB")
+    # A file that fails ends the run's progress as one that finishes does.
+    failing = Progress(to_check=2, live=False)
+    failing.found(files=2, nbytes=10)
+    failing.check(2)
+    failing.advance(0, finished_file=True)
+    assert capsys.readouterr().out == ""
+    failing.fail_file()
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.startswith("1/2 files")
