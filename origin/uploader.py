@@ -516,6 +516,9 @@ class Client:
         """The asset of that name and kind whose current blob is this file's, made if there is
         none: a re-run registers nothing twice, and a changed file gets an asset of its own."""
         name = item.name.rsplit("/", 1)[-1].rsplit(".", 1)[0] or item.name
+        # A file name that is not UTF-8 (any bytes are a Linux name) is named with U+FFFD for
+        # what does not decode, as the glTF facts are: an asset's name is text to show.
+        name = os.fsencode(name).decode("utf-8", "replace")
         query = urllib.parse.urlencode({"name": name, "kind": kind, "limit": 500})
         page: str | None = f"/assets?{query}"
         while page is not None:  # the name filter is a prefix: "chair" lists "chairs" too

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import AsyncGenerator
 from pathlib import Path
@@ -516,6 +517,14 @@ def test_register_twice_makes_each_asset_once_with_kinds_from_folders(
             ("hero", "knight", b3(b"kn")),
         ]
     )
+    # A name that is not UTF-8 is registered with U+FFFD for its bad bytes (it failed the file).
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    (Path(os.fsdecode(bytes(odd) + b"/caf\xe9.glb"))).write_bytes(b"cafe")
+    assert run_upload(live_origin, tmp_path, str(odd), "--register").returncode == 0
+    query = urllib.parse.urlencode({"name": "caf\ufffd"})
+    with urllib.request.urlopen(f"{live_origin.url}/assets?{query}", timeout=10) as resp:
+        assert [a["blob"] for a in json.load(resp)["items"]] == [b3(b"cafe")]
     bad = run_upload(live_origin, tmp_path, str(tree), "--register", "--kind", "My Kind")
     assert bad.returncode == 2
     assert "--kind 'My Kind'" in bad.stderr
