@@ -430,7 +430,10 @@ class Progress:
         elapsed = max(time.monotonic() - self.started, 1e-6)
         rate = self.done_bytes / elapsed
         left = (self.total_bytes - self.done_bytes) / rate if rate else 0
-        eta = f"ETA {left:.0f}s" if self._all_checked else self._checking()
+        if self._settled:
+            eta = "done"
+        else:
+            eta = f"ETA {left:.0f}s" if self._all_checked else self._checking()
         return (
             f"{self._files()}, {self.done_bytes / 2**20:.1f}/"
             f"{self.total_bytes / 2**20:.1f} MiB, {rate / 2**20:.1f} MiB/s, {eta}"
@@ -608,12 +611,20 @@ async def _answer(resp: aiohttp.ClientResponse) -> Any:
         raise Transient(f"{resp.status} {resp.reason}", wait)
     text = await resp.text()
     if resp.status >= 400:
-        try:
-            detail = json.loads(text).get("detail", text)
-        except ValueError:
-            detail = text
-        raise RuntimeError(f"{resp.status}: {detail}")
+        raise RuntimeError(f"{resp.status}: {_problem_detail(text) or resp.reason}")
     return json.loads(text) if text else None
+
+
+def _problem_detail(text: str) -> str | None:
+    """The ``detail`` of a problem document (RFC 9457), on one line; None when the body is
+    not one: a proxy's HTML page (an edge's 413) said whole made a failure many lines."""
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or not isinstance(doc.get("detail"), str):
+        return None
+    return " ".join(doc["detail"].split()) or None
 
 
 # What the origin takes as an asset's kind (origin/asset_routes.py).

@@ -26,6 +26,7 @@ from origin import uploader
 from origin.uploader import Item, Options, Progress, hashed, upload_hashed
 
 from .conftest import LiveOrigin
+from .nginx_server import EdgeNginx, nginx_binary
 from .sshd_server import SshdServer
 
 
@@ -458,6 +459,34 @@ def test_an_upload_rides_out_an_sftp_outage_through_its_retries(
         origin.stop()
 
 
+@pytest.mark.skipif(nginx_binary() is None, reason="nginx is not installed")
+def test_files_an_edge_refuses_are_one_line_each_and_the_rest_upload(
+    live_origin: LiveOrigin, tmp_path: Path
+) -> None:
+    """Through the nginx edge with a 1 MiB body limit: the two larger files get nginx's 413,
+    an HTML page, which each FAILED line used to quote whole (seven lines); now the status
+    and its reason, one line each. The small file goes through."""
+    edge = EdgeNginx(tmp_path / "nginx", [f"127.0.0.1:{live_origin.port}"], max_body_size="1m")
+    edge.start()
+    try:
+        tree = tmp_path / "tree"
+        files = {"big.glb": os.urandom(2 << 20), "mid.glb": os.urandom(1_100_000)}
+        make_tree(tree, {**files, "small.glb": b"small"})
+        result = subprocess.run(
+            [sys.executable, "-m", "origin", "upload", "--url", edge.url, str(tree)],
+            capture_output=True, text=True, timeout=120,
+            env={**os.environ, "ORIGIN_TOKEN": live_origin.token,
+                 "XDG_CACHE_HOME": str(tmp_path / "cache")},
+        )  # fmt: skip
+    finally:
+        edge.stop()
+    assert result.returncode == 1
+    assert sorted(result.stderr.splitlines()) == [
+        f"FAILED {name}: upload failed: 413: Request Entity Too Large" for name in sorted(files)
+    ]
+    assert stored(live_origin) == {b3(b"small")}
+
+
 def test_an_origin_that_cannot_be_reached_is_one_clear_line(tmp_path: Path) -> None:
     (tmp_path / "x.glb").write_bytes(b"unsent")
     with socket.socket() as sock:  # a port nothing listens on
@@ -630,6 +659,7 @@ def test_plain_progress_ends_with_one_line(capsys: pytest.CaptureFixture[str]) -
     progress.advance(0, finished_file=True)
     (line,) = capsys.readouterr().out.splitlines()
     assert line.startswith("2/2 files, 0.0/0.0 MiB")
+    assert line.endswith(", done")  # no ETA once nothing is left (it said "ETA 0s")
     # A file that fails ends the run's progress as one that finishes does.
     failing = Progress(to_check=2, live=False)
     failing.found(files=2, nbytes=10)
@@ -639,3 +669,4 @@ def test_plain_progress_ends_with_one_line(capsys: pytest.CaptureFixture[str]) -
     failing.fail_file()
     (line,) = capsys.readouterr().out.splitlines()
     assert line.startswith("1/2 files")
+    assert line.endswith(", done")  # not an ETA for bytes that will never be sent
