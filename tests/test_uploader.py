@@ -20,6 +20,8 @@ from pathlib import Path
 import aiohttp
 import blake3
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from tenacity import RetryCallState, Retrying
 
 from origin import uploader
@@ -505,6 +507,27 @@ def test_an_origin_that_cannot_be_reached_is_one_clear_line(tmp_path: Path) -> N
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert manifest.read_text() == '{"earlier": {}}'  # it heard nothing, so it says nothing
+
+
+async def test_a_server_that_is_not_an_origin_stops_the_run_with_its_status(
+    tmp_path: Path,
+) -> None:
+    """``--url`` names some other service, which answers a 4xx with JSON that is not a problem
+    document (a list): the run stops with its status and reason. Before, reading the answer's
+    ``detail`` raised an AttributeError past the run's handling (a traceback)."""
+
+    async def not_an_origin(request: web.Request) -> web.Response:
+        return web.json_response(["no", "such", "api"], status=400)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", not_an_origin)
+    (tmp_path / "x.glb").write_bytes(b"unsent")
+    items = _hashed_now(tmp_path / "x.glb")
+    async with TestServer(app) as server:
+        url = str(server.make_url("")).rstrip("/")
+        options = Options(url=url, token=None, progress=False, retries=1)
+        with pytest.raises(uploader.OriginUnusable, match=r"could not say .*: 400: Bad Request$"):
+            await upload_hashed(items, _yielding(items), options)
 
 
 def test_dry_run_names_what_it_would_send_and_counts_the_rest(
