@@ -20,6 +20,7 @@ from .uploader import (
     Options,
     OriginUnusable,
     UsageError,
+    check_url,
     collect,
     read_batch,
     read_text,
@@ -134,6 +135,7 @@ def _upload_command(args: argparse.Namespace) -> int:
         progress=args.progress,
     )
     try:
+        check_url(options.url)
         if args.kind is not None and not KIND.fullmatch(args.kind):
             raise UsageError(f"--kind {args.kind!r}: a kind is {KIND.pattern}")
         if args.manifest is not None and not os.access(args.manifest.parent, os.W_OK):

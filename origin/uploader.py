@@ -122,6 +122,22 @@ def _patterns(lines: Iterable[str], source: str) -> pathspec.PathSpec[pathspec.P
         raise UsageError(f"{source}: {exc}") from None
 
 
+def check_url(url: str) -> None:
+    """Raise UsageError unless ``url`` is an origin's address: http or https, with a host (and a
+    port, if any, that is one). Before, ``host:port`` alone failed at the first request with a
+    message that was only the URL."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError for a port that is not one)
+    except ValueError as exc:
+        raise UsageError(f"--url {url!r}: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(
+            f"--url {url!r}: an origin's address is http:// or https:// and a host, such as "
+            "http://127.0.0.1:8080"
+        )
+
+
 def read_text(path: Path) -> str:
     """An ignore or batch file; one that is not UTF-8 is a usage error."""
     try:

@@ -618,6 +618,11 @@ def test_unlistable_directories_and_linked_ones_are_reported(tmp_path: Path) -> 
         (["-b", "{tree}/batch.txt"], {"batch.txt": b'put "open\n'}, "batch.txt:1: No closing"),
         (["-b", "{tree}/batch.txt"], {"batch.txt": b"put -r dir\n"}, "batch.txt:1: expected"),
         (["--manifest", "/nonexistent/m.json"], {}, "--manifest /nonexistent/m.json"),
+        (["--url", "127.0.0.1:8080"], {}, "--url '127.0.0.1:8080': an origin's address is"),
+        (["--url", "ftp://127.0.0.1"], {}, "--url 'ftp://127.0.0.1': an origin's address is"),
+        (["--url", ""], {}, "--url '': an origin's address is"),
+        (["--url", "http://[::1"], {}, "--url 'http://[::1': Invalid IPv6 URL"),
+        (["--url", "http://127.0.0.1:99999"], {}, "--url 'http://127.0.0.1:99999': Port out"),
     ],
 )
 def test_bad_patterns_and_batch_files_are_usage_errors(
