@@ -43,7 +43,7 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
         if exc.status < 400:
             record_request(request, exc.status, start)
             raise
-        response = await _problem_response(request, from_http_exception(exc))
+        response = await _problem_response(request, from_http_exception(exc, request))
     except Exception as exc:
         if _client_gone(request):
             log.debug("%s %s: the client left (%r)", request.method, request.path, exc)

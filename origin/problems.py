@@ -99,13 +99,21 @@ def too_large(limit: int) -> Problem:
     )
 
 
-def from_http_exception(exc: web.HTTPException) -> Problem:
+def from_http_exception(exc: web.HTTPException, request: web.BaseRequest) -> Problem:
+    """aiohttp's own answers as problems: no route for the path, a method the route lacks, a
+    body over ``client_max_size``. Their text only says the status again ("404: Not Found",
+    which a client quoting the detail showed as "404: 404: Not Found"), so the two the router
+    gives say what was asked."""
     slugs = {404: "not-found", 405: "method-not-allowed", 413: "too-large"}
+    details = {
+        404: f"no route for {request.path}",
+        405: f"{request.method} is not one of the methods of {request.path}",
+    }
     return Problem(
         exc.status,
         slugs.get(exc.status, f"http-{exc.status}"),
         exc.reason,
-        exc.text or exc.reason,
+        details.get(exc.status) or exc.text or exc.reason,
         headers={k: v for k, v in exc.headers.items() if k.lower() in ("allow",)},
     )
 
@@ -125,7 +133,7 @@ def for_exception(exc: Exception, request: web.BaseRequest) -> Problem:
     if isinstance(exc, Problem):
         return exc
     if isinstance(exc, web.HTTPException):
-        return from_http_exception(exc)
+        return from_http_exception(exc, request)
     if isinstance(exc, CatalogBusy):
         return Problem(503, "busy", "Try again", str(exc), headers={"Retry-After": "1"})
     if isinstance(exc, BackendUnavailable):

@@ -453,9 +453,13 @@ async def test_healthz(client: Client) -> None:
 
 
 async def test_unknown_route_and_method_are_problems(client: Client) -> None:
-    await problem(await client.get("/nope"), 404, "not-found")
+    # The detail says what was asked (it was the status again: "404: Not Found").
+    body = await problem(await client.get("/nope"), 404, "not-found")
+    assert body["detail"] == "no route for /nope"
     resp = await client.delete(f"/blobs/{'0' * 64}")
-    await problem(resp, 405, "method-not-allowed")
+    body = await problem(resp, 405, "method-not-allowed")
+    assert body["detail"] == f"DELETE is not one of the methods of /blobs/{'0' * 64}"
+    assert "GET" in resp.headers["Allow"]
 
 
 # -- concurrency ------------------------------------------------------------------------------
