@@ -137,6 +137,11 @@ def configure_logging(config: Config) -> None:
         format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if config.log_level != "debug":
+        # asyncssh says every connection's and channel's opening and closing at INFO, a dozen
+        # lines for each of the SFTP pool's connections (and all of `origin verify`'s output
+        # on stderr); the SFTP store says itself what matters (a lost connection, a failure).
+        logging.getLogger("asyncssh").setLevel(max(logging.WARNING, logging.root.level))
 
 
 def prepare_metrics_dir(config: Config) -> None:
