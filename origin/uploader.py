@@ -627,7 +627,8 @@ async def _answer(resp: aiohttp.ClientResponse) -> Any:
         raise Transient(f"{resp.status} {resp.reason}", wait)
     text = await resp.text()
     if resp.status >= 400:
-        raise RuntimeError(f"{resp.status}: {_problem_detail(text) or resp.reason}")
+        why = _problem_detail(text) or resp.reason or "no reason given"
+        raise RuntimeError(f"{resp.status}: {why}")
     return json.loads(text) if text else None
 
 
