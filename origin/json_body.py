@@ -79,6 +79,14 @@ def loads(text: str) -> Any:
     return _parse(text)[0]
 
 
+def loads_body(text: str) -> Any:
+    """``loads`` held to a request body's two more rules as well (``check_document``): what
+    ``read_json`` does with the body's text; raises NotJson."""
+    doc, escapes = _parse(text)
+    check_document(doc, escapes=escapes and "\\u0000" in text)
+    return doc
+
+
 def _parse(text: str) -> tuple[Any, bool]:
     """The document, and whether its text has any ``\\u`` escape."""
     try:
@@ -148,9 +156,7 @@ async def read_json(request: web.Request, limit: int) -> Any:
         if len(body) > limit:
             raise problems.too_large(limit)
     try:
-        text = body.decode()  # JSON on the wire is UTF-8 (RFC 8259)
-        doc, escapes = _parse(text)
-        check_document(doc, escapes=escapes and "\\u0000" in text)
+        doc = loads_body(body.decode())  # JSON on the wire is UTF-8 (RFC 8259)
     except _TooDeep:  # the same answer as for 65 levels, wherever the parser's stack ran out
         raise problems.bad_request("bad-json", f"the body is not JSON: {_too_deep()}") from None
     except UnicodeDecodeError as exc:
