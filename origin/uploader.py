@@ -362,13 +362,10 @@ class Progress:
     failed_files: int = 0
     done_bytes: int = 0
     started: float = field(default_factory=time.monotonic)
-    _last_line: float = 0.0  # the start, until the first line
+    _last_line: float = field(default_factory=time.monotonic)  # the start, until a line
     _ended: bool = False
     _display: Any = None
     _task: Any = None
-
-    def __post_init__(self) -> None:
-        self._last_line = self.started
 
     def __enter__(self) -> Progress:
         if self.live:
@@ -448,8 +445,10 @@ class Progress:
         left = (self.total_bytes - self.done_bytes) / rate if rate else 0
         if self._settled:
             eta = "done"
+        elif self._all_checked:
+            eta = f"ETA {left:.0f}s"
         else:
-            eta = f"ETA {left:.0f}s" if self._all_checked else self._checking()
+            eta = self._checking()
         return (
             f"{self._files()}, {self.done_bytes / 2**20:.1f}/"
             f"{self.total_bytes / 2**20:.1f} MiB, {rate / 2**20:.1f} MiB/s, {eta}"
